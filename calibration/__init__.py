@@ -1,0 +1,1 @@
+"""Representative data: calibration sets, thresholds, tolerances (issues 3-4)."""

@@ -1,0 +1,1 @@
+"""Torch-free runtime: signal front end, tokenizer, runners, sensors, health, server."""

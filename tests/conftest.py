@@ -1,0 +1,21 @@
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_spec(tmp_path_factory):
+    """A small built-in benchmark (cached in a temp dir) for end-to-end tests."""
+    from avqa_edge.toolkit.data.synth import GENERATOR_VERSION, SynthConfig
+    cfg = SynthConfig(seed=3, train_clips=48, val_clips=16, test_clips=16, questions_per_clip=6)
+    return {"kind": "builtin", "generator_version": GENERATOR_VERSION, "synth": cfg.to_dict(),
+            "cache_dir": str(tmp_path_factory.mktemp("synth-cache"))}
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_spec, tmp_path_factory):
+    """A finished 24-step training run on the tiny benchmark."""
+    from avqa_edge.toolkit.config import TrainConfig, preset
+    from avqa_edge.toolkit.train import train
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    cfg = TrainConfig(steps=24, batch_size=16, eval_every=12, val_samples=48, seed=0, avr_finetune_frac=0.25)
+    summary = train(run, preset("edge"), cfg, tiny_spec, log=lambda *_: None)
+    return run, summary

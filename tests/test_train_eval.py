@@ -1,0 +1,80 @@
+"""End-to-end: a short training run, its artifacts, eval's scenarios, determinism, CLI errors."""
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from avqa_edge.cli import app
+from avqa_edge.toolkit.checkpoint import load_model, read_json
+from avqa_edge.toolkit.evaluate import SCENARIOS
+
+
+def test_run_artifacts_rebuild_the_model(tiny_run):
+    run, summary = tiny_run
+    for name in ("config.json", "model.safetensors", "last.safetensors", "state.json", "curve.png"):
+        assert (run / name).exists(), name
+    state = read_json(run / "state.json")
+    assert state["finished"] and state["step"] == 24 and len(state["history"]) == 2
+    assert summary["flops_per_answer"]["audio_missing"] > summary["flops_per_answer"]["complete"] > 0
+    model, config = load_model(run)
+    assert model.cfg.answers == config["model"]["answers"] and len(model.cfg.answers) > 5
+    # safetensors: an 8-byte little-endian header length, then a JSON header (no pickle)
+    raw = (run / "model.safetensors").read_bytes()
+    header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])
+    assert header["__metadata__"]["config_hash"] == config["model_hash"]
+
+
+def test_eval_scenarios_and_determinism(tiny_run, tmp_path):
+    from avqa_edge.toolkit.eval import run_eval
+    run, _ = tiny_run
+    a = run_eval(run, tmp_path / "a.json", [], sweep=False, seed=0, log=lambda *_: None)
+    b = run_eval(run, tmp_path / "b.json", [], sweep=False, seed=0, log=lambda *_: None)
+    assert a["scenarios"] == b["scenarios"], "same seed, same numbers"
+    assert set(a["scenarios"]) == set(SCENARIOS)
+    for scen in ("audio_missing", "visual_missing"):
+        assert set(a["scenarios"][scen]) == {"zero_fill", "rmm", "avr", "rmm+avr"}
+    for methods in a["scenarios"].values():
+        for acc in methods.values():
+            assert all(0.0 <= v <= 1.0 for v in acc.values())
+    assert a["n"] == 96 and 0.0 <= a["question_only"]["overall"] <= 1.0
+    on_disk = json.loads((tmp_path / "a.json").read_text())
+    assert on_disk["scenarios"]["complete"]["zero_fill"]["overall"] == a["scenarios"]["complete"]["zero_fill"]["overall"]
+    assert "addressing_entropy" in a and a["addressing_entropy"]["entropy_uniform"] > 4.0
+
+
+def test_train_refuses_to_overwrite_a_run(tiny_run):
+    run, _ = tiny_run
+    res = CliRunner().invoke(app, ["train", "--out", str(run)])
+    assert res.exit_code == 1 and "already holds a run" in res.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--method", "bogus", "--out", "NEW"], "method must be one of"),
+    (["train", "--preset", "paper", "--out", "NEW"], "paper preset runs on MUSIC-AVQA"),
+    (["train", "--music-avqa", "x", "--out", "NEW"], "needs --features"),
+    (["eval", "NOPE"], "not found"),
+])
+def test_cli_user_errors_are_one_line(args, message, tmp_path):
+    args = [str(tmp_path / a) if a in ("NEW", "NOPE") else a for a in args]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 1, res.output
+    assert message in res.output and "Traceback" not in res.output
+
+
+def test_eval_refuses_unfinished_run(tiny_run, tmp_path):
+    import shutil
+    run, _ = tiny_run
+    copy = tmp_path / "unfinished"
+    shutil.copytree(run, copy)
+    state = read_json(copy / "state.json")
+    state["finished"] = False
+    (copy / "state.json").write_text(json.dumps(state))
+    res = CliRunner().invoke(app, ["eval", str(copy)])
+    assert res.exit_code == 1 and "--resume" in res.output
+
+
+def test_cli_help_does_not_import_torch():
+    code = "import sys, avqa_edge.cli; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)

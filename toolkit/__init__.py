@@ -1,0 +1,1 @@
+"""PyTorch side: config, data (built-in benchmark + adapters), model, train, eval."""

@@ -1,0 +1,116 @@
+"""Model and training configuration.
+
+The model config travels with the weights (config.json beside model.safetensors) and
+rebuilds the model, vocabulary and answer list included (nanoGPT's `model_args` habit).
+"""
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import List, Tuple
+
+from avqa_edge.errors import AvqaError
+
+ADDRESSING = ("logspace", "paper")
+METHODS = ("rmm_avr", "baseline", "dropout")   # what `avqa-edge train --method` trains
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "edge"
+    inputs: str = "raw"              # "raw": frames + waveform encoders; "features": MUSIC-AVQA features
+    dim: int = 64                    # C, the shared feature width
+    map_h: int = 4                   # visual map H' (raw: 32 px / 8)
+    map_w: int = 6                   # visual map W' (raw: 48 px / 8)
+    t_segments: int = 10             # T
+    audio_in: int = 128              # features only: VGGish width
+    visual_in: int = 512             # features only: ResNet-18 channels
+    vocab: List[str] = field(default_factory=list)      # question words, without <pad>=0 and <unk>=1
+    answers: List[str] = field(default_factory=list)
+    q_len: int = 14
+    heads: int = 4
+    fusion_layers: int = 1           # audio<->visual attention blocks in the backbone
+    # RMM (Eq. 1-4)
+    use_rmm: bool = True
+    n_slots: int = 75                # L
+    addressing: str = "logspace"     # "paper": softmax(a^v * a^t); "logspace": softmax(log a^v + log a^t)
+    learn_temperature: bool = True   # per-modality addressing temperature (paper: sqrt(c) for all)
+    recall_loss: str = "element_mean"  # or "sample_sum" (Eq. 3 literally: squared L2 per sample)
+    # AVR (Eq. 5-7)
+    use_avr: bool = True
+    diffusion_steps: int = 10        # T_diff, also the number of reverse steps
+    alpha_bar_end: float = 0.25      # signal fraction kept at the reverse process's start (see diffusion.py)
+    unet_base: int = 16
+    unet_mults: Tuple[int, ...] = (1, 2)
+
+    def __post_init__(self):
+        self.unet_mults = tuple(self.unet_mults)
+        if self.addressing not in ADDRESSING:
+            raise AvqaError(f"addressing must be one of {ADDRESSING}, got {self.addressing!r}")
+        if self.inputs not in ("raw", "features"):
+            raise AvqaError(f"inputs must be 'raw' or 'features', got {self.inputs!r}")
+        if self.recall_loss not in ("element_mean", "sample_sum"):
+            raise AvqaError(f"recall_loss must be 'element_mean' or 'sample_sum', got {self.recall_loss!r}")
+        if self.diffusion_steps < 1 or not 0.0 < self.alpha_bar_end < 1.0:
+            raise AvqaError("diffusion_steps must be >= 1 and alpha_bar_end in (0, 1)")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["unet_mults"] = list(self.unet_mults)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise AvqaError(f"unknown model config keys {sorted(unknown)}: was this run made by a newer avqa-edge?")
+        return cls(**d)
+
+    def hash(self) -> str:
+        """Short stable hash of the config (recorded in runs, results and bundles)."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def preset(name: str, **overrides) -> ModelConfig:
+    """`edge` (default; raw signals, CPU / Jetson sized) or `paper` (MUSIC-AVQA features)."""
+    if name == "edge":
+        base = dict(preset="edge")
+    elif name == "paper":
+        # C = 512, 14x14 maps, L = 75, 10 steps; the released U-Net: base 64, mults (1, 2).
+        base = dict(preset="paper", inputs="features", dim=512, map_h=14, map_w=14,
+                    heads=8, unet_base=64, unet_mults=(1, 2))
+    else:
+        raise AvqaError(f"unknown preset {name!r}: choose 'edge' or 'paper'")
+    base.update(overrides)
+    return ModelConfig(**base)
+
+
+PRESET_LR = {"edge": 2e-3, "paper": 1e-4}
+
+
+@dataclass
+class TrainConfig:
+    method: str = "rmm_avr"          # rmm_avr | baseline (complete data only) | dropout (modality dropout)
+    steps: int = 1500
+    batch_size: int = 64
+    lr: float = 0.0                  # 0 -> the preset's learning rate
+    seed: int = 0
+    device: str = "auto"
+    lambda_rmm: float = 1.0          # lambda_1 of Eq. 8
+    lambda_ave: float = 1.0          # lambda_2 of Eq. 8
+    avr_finetune_frac: float = 0.2   # last fraction of steps whose pseudo terms go through the AVR sampler
+    p_full_missing: float = 0.5      # pseudo terms: chance that all T segments are missing (else a random subset)
+    eval_every: int = 250
+    val_samples: int = 512
+    threads: int = 0                 # 0 -> torch default
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise AvqaError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.steps < 1 or self.batch_size < 1:
+            raise AvqaError("steps and batch size must be positive")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)

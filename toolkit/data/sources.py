@@ -1,0 +1,56 @@
+"""Where a run's data comes from. The spec is stored in the run's config.json so `eval`
+rebuilds exactly the same test split.
+
+- builtin:     {"kind": "builtin", "synth": SynthConfig fields}
+- manifest:    {"kind": "manifest", "dir": DIR}  with DIR/{train,val,test}.jsonl (custom data)
+- music-avqa:  {"kind": "music-avqa", "questions": DIR, "features": DIR} with
+               DIR/avqa-{train,val,test}.json and the official feature folders
+"""
+import os
+from pathlib import Path
+from typing import Dict, Union
+
+from avqa_edge.errors import AvqaError
+
+from .types import FeatureSplit, RawSplit
+
+SPLITS = ("train", "val", "test")
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "avqa-edge"
+
+
+def load_split(spec: Dict, split: str) -> Union[RawSplit, FeatureSplit]:
+    if split not in SPLITS:
+        raise AvqaError(f"unknown split {split!r}")
+    kind = spec.get("kind")
+    if kind == "builtin":
+        from .synth import SynthConfig, generate
+        return generate(SynthConfig(**spec["synth"]), split, cache_dir=spec.get("cache_dir"))
+    if kind == "manifest":
+        from .files import read_manifest
+        path = Path(spec["dir"]) / f"{split}.jsonl"
+        if not path.exists():
+            raise AvqaError(f"{path} not found: a manifest folder needs train.jsonl, val.jsonl and test.jsonl")
+        return read_manifest(path)
+    if kind == "music-avqa":
+        from .music_avqa import load_feature_split
+        path = Path(spec["questions"]) / f"avqa-{split}.json"
+        return load_feature_split(path, spec["features"], limit=spec.get("limit"))
+    raise AvqaError(f"unknown data kind {kind!r}")
+
+
+def builtin_spec(seed: int = 0, train_clips: int = 0, test_clips: int = 0, cache: bool = True) -> Dict:
+    from .synth import GENERATOR_VERSION, SynthConfig
+    cfg = SynthConfig(seed=seed)
+    over = {}
+    if train_clips:
+        over["train_clips"] = train_clips
+    if test_clips:
+        over["test_clips"] = test_clips
+    d = {**cfg.to_dict(), **over}
+    spec = {"kind": "builtin", "generator_version": GENERATOR_VERSION, "synth": d}
+    if cache:
+        spec["cache_dir"] = str(default_cache_dir())
+    return spec

@@ -1,0 +1,201 @@
+"""`avqa-edge eval RUN_DIR`: the test split under every scenario and method.
+
+Every method and every compared run sees exactly the same inputs: the same questions, the
+same absent segments (fixed seed per clip) and the same noise draws.
+"""
+import collections
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+
+from avqa_edge.errors import AvqaError
+from avqa_edge.runtime.text import Vocabulary
+
+from .checkpoint import load_model, read_json, write_json
+from .data.loader import SplitData
+from .data.sources import load_split
+from .evaluate import (ANSWERABLE, MISSING_SCENARIOS, NOISE_SCENARIOS, answerable_accuracy, feature_std,
+                       gap_closed, markdown_table, predict, score)
+from .model.avqa import FILL_METHODS
+
+SWEEP_RATIOS = (0.0, 0.25, 0.5, 0.75, 1.0)
+SWEEP_QUESTIONS = 800
+
+
+def _load_finished(run_dir: Path):
+    state = read_json(Path(run_dir) / "state.json")
+    if not state.get("finished"):
+        raise AvqaError(f"{run_dir}: training has not finished (step {state.get('step')}); "
+                        f"continue it with `avqa-edge train --out {run_dir} --resume`")
+    return load_model(run_dir)
+
+
+def question_only_prior(train_split, test_data: SplitData, answers: List[str]) -> Dict[str, float]:
+    """The best a model that sees only the question can do: the most frequent training answer
+    for each exact question text (per-type majority for unseen questions)."""
+    by_q, by_t = collections.defaultdict(collections.Counter), collections.defaultdict(collections.Counter)
+    for qa in train_split.qa:
+        by_q[qa.question][qa.answer] += 1
+        by_t[qa.qtype][qa.answer] += 1
+    index = {a: i for i, a in enumerate(answers)}
+    preds = []
+    for qa in test_data.split.qa:
+        table = by_q.get(qa.question) or by_t.get(qa.qtype)
+        preds.append(index.get(table.most_common(1)[0][0], -2) if table else -2)
+    qs = np.arange(len(test_data))
+    return score(test_data, qs, np.array(preds))
+
+
+def run_eval(run_dir: Path, json_path: Optional[Path], compare: List[Path], sweep: bool = True,
+             limit: int = 0, seed: int = 0, log=print) -> Dict:
+    from rich.console import Console
+    from rich.progress import Progress
+    console = Console()
+    t0 = time.time()
+    model, config = _load_finished(run_dir)
+    others = []
+    for other in compare:
+        m, c = _load_finished(other)
+        if c["data"] != config["data"]:
+            raise AvqaError(f"{other} was trained on other data than {run_dir}: they cannot be compared")
+        if c["model"]["vocab"] != config["model"]["vocab"] or c["model"]["answers"] != config["model"]["answers"]:
+            raise AvqaError(f"{other} has another vocabulary or answer list than {run_dir}")
+        others.append((c["train"]["method"] + (f"#{len(others)}" if any(o[0] == c["train"]["method"] for o in others) else ""), m))
+    spec = config["data"]
+    log(f"loading test data ({spec['kind']}) ...")
+    vocab = Vocabulary(config["model"]["vocab"])
+    answers = config["model"]["answers"]
+    test = SplitData(load_split(spec, "test"), vocab, answers, strict_answers=False)
+    val = SplitData(load_split(spec, "val"), vocab, answers, strict_answers=False)
+    if model.cfg.inputs == "raw":
+        for d in (test, val):
+            d.cache_mel(model.audio_encoder.frontend)
+    n = min(limit, len(test)) if limit else len(test)
+    std = feature_std(model, val)
+    log(f"{n} test questions; feature std on validation: audio {std[0]:.3f}, visual {std[1]:.3f}")
+
+    main_name = config["train"]["method"]
+    jobs = []   # (scenario, method label, model, fill method)
+    for scen in MISSING_SCENARIOS:
+        if scen == "complete":
+            jobs.append((scen, "zero_fill", model, "zero_fill"))
+        else:
+            methods = [m for m in FILL_METHODS if _applies(model, m)]
+            jobs += [(scen, m, model, m) for m in methods]
+        jobs += [(scen, name, m, "zero_fill") for name, m in others]
+    for scen in NOISE_SCENARIOS:
+        jobs.append((scen, "none", model, "none"))
+        if model.denoiser is not None:
+            jobs.append((scen, "avr", model, "avr"))
+        jobs += [(scen, name, m, "none") for name, m in others]
+    if main_name != "rmm_avr":   # a baseline/dropout run evaluated on its own: name its rows
+        jobs = [(s, main_name if mm is model and meth in ("zero_fill", "none") else lbl, mm, meth) for s, lbl, mm, meth in jobs]
+
+    results: Dict[str, Dict[str, Dict[str, float]]] = {}
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("eval", total=len(jobs) * n)
+        for scen, label, m, meth in jobs:
+            bar.update(task, description=f"{scen} / {label}")
+            feat_std = feature_std(m, val) if scen in NOISE_SCENARIOS else None
+            qs, preds = predict(m, test, scen, meth, limit=limit, feat_std=feat_std, seed=seed,
+                                progress=lambda k: bar.advance(task, k))
+            results.setdefault(scen, {})[label] = score(test, qs, preds)
+    # complete: nothing is missing, so every fill method gives the same answers
+    for meth in FILL_METHODS:
+        if _applies(model, meth):
+            results["complete"].setdefault(meth, results["complete"]["zero_fill"])
+
+    out = {"scenarios": results, "n": n, "run": str(run_dir), "model_hash": config.get("model_hash"),
+           "data": spec, "generator_version": spec.get("generator_version"), "seed": seed,
+           "feature_std_val": {"audio": std[0], "visual": std[1]}}
+    out["question_only"] = question_only_prior(load_split(spec, "train"), test, answers) if not limit else None
+    out["answerable"] = ANSWERABLE if spec["kind"] == "builtin" else None
+    if spec["kind"] == "builtin" and main_name == "rmm_avr":
+        out["gap_closed"] = {}
+        for scen, types in ANSWERABLE.items():
+            meth = "rmm+avr" if "rmm+avr" in results[scen] else "rmm"
+            row = {"overall": gap_closed(results, scen, meth, list(types))}
+            row["answerable_types"] = _gap_answerable(results, scen, meth, list(types), test)
+            for base in [name for name, _ in others]:
+                row[f"vs_{base}_answerable"] = (answerable_accuracy(results[scen][meth], test, list(types))
+                                                - answerable_accuracy(results[scen][base], test, list(types)))
+            out["gap_closed"][scen] = row
+    if model.rmm is not None:
+        batch = test.batch(test.ordered_batches(256, 256)[0])
+        with torch.no_grad():
+            f, _, _ = model.encode(batch)
+            out["addressing_entropy"] = {"variant": model.cfg.addressing, **model.rmm.stats(f.a, f.v, f.q)}
+    if sweep:
+        out["sweep"] = run_sweep(model, others, test, seed, console)
+        plot_sweep(out["sweep"], Path(run_dir) / "sweep.png")
+    table = markdown_table(results)
+    md = [f"# avqa-edge eval of {run_dir}", "", f"{n} test questions, generator {spec.get('generator_version')}, "
+          f"model {config.get('model_hash')}, seed {seed}. Accuracy in %.", "", table, ""]
+    if out["question_only"]:
+        md.append(f"Question-only prior (most frequent training answer per question): "
+                  f"{100 * out['question_only']['overall']:.1f} %")
+    if out.get("gap_closed"):
+        for scen, row in out["gap_closed"].items():
+            md.append(f"- {scen}: gap zero_fill -> complete closed by rmm+avr: overall "
+                      f"{100 * row['overall']['overall']:.0f} %, on answerable types {100 * row['answerable_types']:.0f} %")
+    if out.get("addressing_entropy"):
+        e = out["addressing_entropy"]
+        md.append(f"- RMM addressing ({e['variant']}) entropy: audio recall {e['entropy_audio_recall']:.2f}, "
+                  f"visual recall {e['entropy_visual_recall']:.2f} nats (uniform {e['entropy_uniform']:.2f})")
+    text = "\n".join(md) + "\n"
+    (Path(run_dir) / "eval.md").write_text(text)
+    write_json(json_path or Path(run_dir) / "eval.json", out)
+    console.print(text)
+    log(f"eval done in {time.time() - t0:.0f}s; wrote {json_path or Path(run_dir) / 'eval.json'} and eval.md")
+    return out
+
+
+def _applies(model, method: str) -> bool:
+    if "rmm" in method and model.rmm is None:
+        return False
+    if "avr" in method and model.denoiser is None:
+        return False
+    return True
+
+
+def _gap_answerable(results, scen, meth, types, data) -> float:
+    comp = answerable_accuracy(results["complete"]["zero_fill"], data, types)
+    zero = answerable_accuracy(results[scen]["zero_fill"], data, types)
+    got = answerable_accuracy(results[scen][meth], data, types)
+    return (got - zero) / (comp - zero) if abs(comp - zero) > 1e-9 else float("nan")
+
+
+def run_sweep(model, others, test: SplitData, seed: int, console) -> Dict:
+    """Accuracy against the fraction of absent segments (paper Fig. 5) on a fixed subset."""
+    rows = {}
+    lines = [("zero_fill", model, "zero_fill")]
+    if model.rmm is not None or model.denoiser is not None:
+        lines.append(("rmm+avr", model, "rmm+avr"))
+    lines += [(name, m, "zero_fill") for name, m in others]
+    for scen in ("audio_missing", "visual_missing"):
+        for label, m, meth in lines:
+            accs = []
+            for r in SWEEP_RATIOS:
+                qs, preds = predict(m, test, scen, meth, limit=SWEEP_QUESTIONS, ratio=r, seed=seed)
+                accs.append(score(test, qs, preds)["overall"])
+            rows.setdefault(scen, {})[label] = accs
+            console.print(f"sweep {scen} {label}: " + " ".join(f"{a:.3f}" for a in accs))
+    return {"ratios": list(SWEEP_RATIOS), "questions": min(SWEEP_QUESTIONS, len(test)), "accuracy": rows}
+
+
+def plot_sweep(sweep: Dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, scen in zip(axes, ("audio_missing", "visual_missing")):
+        for label, accs in sweep["accuracy"][scen].items():
+            ax.plot([100 * r for r in sweep["ratios"]], accs, marker="o", label=label)
+        ax.set_title(scen), ax.set_xlabel("segments missing (%)"), ax.legend()
+    axes[0].set_ylabel("accuracy")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

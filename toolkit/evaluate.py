@@ -1,0 +1,163 @@
+"""Scoring under sensor scenarios, shared by training's validation and `avqa-edge eval`.
+
+Scenarios (METHOD.md section 3): `complete`; `audio_missing` / `visual_missing` - the sensor
+is absent: its encoder is not run and nothing of it reaches the model; the released code's
+noise protocol `audio_noisy` / `visual_noisy` / `both_noisy` - Gaussian noise of 0.3 / 0.7 /
+0.5 (both) times the feature's standard deviation measured on the validation split (the
+released code adds it to roughly unit-scale features), reported separately, never as
+"missing".
+"""
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from .data.loader import SplitData
+from .data.types import QUESTION_TYPES
+
+MISSING_SCENARIOS = ("complete", "audio_missing", "visual_missing")
+NOISE_SCENARIOS = {"audio_noisy": (0.3, 0.0), "visual_noisy": (0.0, 0.7), "both_noisy": (0.5, 0.5)}
+SCENARIOS = MISSING_SCENARIOS + tuple(NOISE_SCENARIOS)
+
+# The question types the remaining sensor can in principle answer on the built-in benchmark.
+ANSWERABLE = {
+    "audio_missing": {  # video remains: counts, places, and motion (a sounding instrument moves)
+        "Visual/Counting": "visible instruments are seen",
+        "Visual/Location": "positions are seen",
+        "Audio-Visual/Existential": "a playing instrument moves",
+        "Audio-Visual/Location": "the sounding instrument moves (loudest: only via the size cue)",
+        "Audio-Visual/Counting": "visible playing instruments move",
+        "Audio-Visual/Temporal": "motion starts when the sound starts",
+    },
+    "visual_missing": {  # audio remains: timbre, loudness, timing; mono, so no location
+        "Audio/Counting": "distinct timbres are heard",
+        "Audio/Comparative": "loudness and duration are heard",
+        "Audio-Visual/Existential": "the instrument's timbre is heard",
+    },
+}
+# Not answerable without the other sensor, and why: audio_missing: Audio/* (loudness, off-screen
+# sounds), AV/Comparative (loudness); visual_missing: Visual/* and AV/Location (mono audio
+# carries no position), AV/Counting (off-screen sounds and silent visible instruments),
+# AV/Comparative (needs positions), AV/Temporal (half its questions ask "where").
+
+SHORT = {"Audio/Counting": ("Audio", "Cnt"), "Audio/Comparative": ("Audio", "Comp"),
+         "Visual/Counting": ("Visual", "Cnt"), "Visual/Location": ("Visual", "Loc"),
+         "Audio-Visual/Existential": ("AV", "Ext"), "Audio-Visual/Location": ("AV", "Loc"),
+         "Audio-Visual/Counting": ("AV", "Cnt"), "Audio-Visual/Comparative": ("AV", "Comp"),
+         "Audio-Visual/Temporal": ("AV", "Temp")}
+
+
+def scenario_masks(scenario: str, n_clips: int, t: int, ratio: float = 1.0, seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+    """Per-clip masks (n_clips, T), 1 = present. `ratio` of segments absent for the missing
+    sensor (the Fig. 5 sweep), chosen at random per clip with a fixed seed."""
+    ma, mv = np.ones((n_clips, t), np.float32), np.ones((n_clips, t), np.float32)
+    if scenario in ("audio_missing", "visual_missing"):
+        k = int(round(ratio * t))
+        rng = np.random.default_rng(seed)
+        m = np.ones((n_clips, t), np.float32)
+        for i in range(n_clips):
+            m[i, rng.permutation(t)[:k]] = 0
+        if scenario == "audio_missing":
+            ma = m
+        else:
+            mv = m
+    return ma, mv
+
+
+@torch.no_grad()
+def predict(model, data: SplitData, scenario: str, method: str, batch_size: int = 128, limit: int = 0,
+            ratio: float = 1.0, feat_std: Optional[Tuple[float, float]] = None, seed: int = 0,
+            progress: Optional[Callable[[int], None]] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """-> (question indices, predicted answer ids). Methods: zero_fill, rmm, avr, rmm+avr;
+    in noise scenarios `none` (the model as is) or `avr` (the whole noisy pair through AVR)."""
+    model.eval()
+    n_clips = len(data.questions_of)
+    ma_all, mv_all = scenario_masks(scenario, n_clips, model.cfg.t_segments, ratio, seed)
+    ma_all, mv_all = torch.from_numpy(ma_all), torch.from_numpy(mv_all)
+    qs, preds = [], []
+    for bi, qidx in enumerate(data.ordered_batches(batch_size, limit)):
+        batch = data.batch(qidx)
+        clips = data.clip[batch["questions"]].unique()
+        f, ma, mv = model.encode(batch, ma_all[clips], mv_all[clips])
+        if scenario in NOISE_SCENARIOS:
+            sa, sv = NOISE_SCENARIOS[scenario]
+            gen = torch.Generator().manual_seed(seed * 100003 + bi)
+            std_a, std_v = feat_std or (1.0, 1.0)
+            a = f.a + sa * std_a * torch.randn(f.a.shape, generator=gen)
+            v = f.v + sv * std_v * torch.randn(f.v.shape, generator=gen)
+            if method == "avr" and model.denoiser is not None:
+                zero = torch.zeros_like(ma)
+                a, v = model.enhance(a, v, zero, zero)
+        else:
+            a, v = model.fill(f, ma, mv, method)
+        preds.append(model.backbone(a, v, f.q).argmax(-1).numpy())
+        qs.append(batch["questions"].numpy())
+        if progress:
+            progress(len(qidx))
+    return np.concatenate(qs), np.concatenate(preds)
+
+
+def score(data: SplitData, qs: np.ndarray, preds: np.ndarray) -> Dict[str, float]:
+    """Accuracy overall and per question type, in [0, 1]."""
+    correct = preds == data.answers[torch.from_numpy(qs)].numpy()
+    types = np.array(data.qtypes)[qs]
+    out = {"overall": float(correct.mean()) if len(correct) else float("nan")}
+    for qt in sorted(set(types.tolist())):
+        out[qt] = float(correct[types == qt].mean())
+    return out
+
+
+def feature_std(model, data: SplitData, limit: int = 256) -> Tuple[float, float]:
+    """Std of the audio and visual features on (part of) a split."""
+    batch = data.batch(data.ordered_batches(limit, limit)[0])
+    with torch.no_grad():
+        f, _, _ = model.encode(batch)
+    return float(f.a.std()), float(f.v.std())
+
+
+def markdown_table(results: Dict[str, Dict[str, Dict[str, float]]]) -> str:
+    """MUSIC-AVQA layout: Audio Cnt/Comp/Avg, Visual Cnt/Loc/Avg, AV Ext/Loc/Cnt/Comp/Temp/Avg, All."""
+    groups = {"Audio": ["Audio/Counting", "Audio/Comparative"], "Visual": ["Visual/Counting", "Visual/Location"],
+              "AV": [t for t in QUESTION_TYPES if t.startswith("Audio-Visual")]}
+    head = ["Scenario", "Method"]
+    for g, ts in groups.items():
+        head += [f"{g} {SHORT[t][1]}" for t in ts] + [f"{g} Avg"]
+    head.append("All")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for scen, methods in results.items():
+        for meth, acc in methods.items():
+            row = [scen, meth]
+            for ts in groups.values():
+                vals = [acc.get(t) for t in ts]
+                row += [_pct(x) for x in vals]
+                have = [x for x in vals if x is not None]
+                row.append(_pct(sum(have) / len(have)) if have else "-")
+            row.append(_pct(acc.get("overall")))
+            lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def gap_closed(results: Dict, scenario: str, method: str, types: Sequence[str]) -> Dict[str, float]:
+    """Fraction of the zero_fill -> complete gap that `method` closes, overall and on `types`."""
+    out = {}
+    comp, zero, meth = results["complete"]["zero_fill"], results[scenario]["zero_fill"], results[scenario][method]
+    for key in ["overall", *types]:
+        if key in comp and key in zero and key in meth:
+            gap = comp[key] - zero[key]
+            out[key] = (meth[key] - zero[key]) / gap if abs(gap) > 1e-9 else float("nan")
+    return out
+
+
+def answerable_accuracy(acc: Dict[str, float], data: SplitData, types: Sequence[str]) -> float:
+    """Question-weighted accuracy over the given types."""
+    counts = {t: data.qtypes.count(t) for t in types}
+    tot = sum(counts[t] for t in types if t in acc)
+    return sum(acc[t] * counts[t] for t in types if t in acc) / tot if tot else float("nan")
+
+
+def list_types(data: SplitData) -> List[str]:
+    return [t for t in QUESTION_TYPES if t in set(data.qtypes)]

@@ -1,0 +1,87 @@
+"""AVST-style AVQA backbone (MUSIC-AVQA's baseline, adapted):
+
+1. audio- and question-guided spatial grounding of the visual map (multi-head pooling over
+   H'W' positions; a learned position embedding keeps "where" in the pooled vector);
+2. an audio<->visual attention block over the 2T segment tokens (where issue 5's
+   attention-level prompts attach: `prefix_kv` is prepended to its keys and values);
+3. question-guided temporal attention over audio and over grounded visual;
+4. fusion, product with the question feature, answer classifier.
+AVST's tanh(fused) * q fusion stalls for hundreds of steps on the built-in benchmark; the
+fusion here adds fused, q and fused * q.
+"""
+from typing import Optional
+
+import torch
+from torch import nn
+
+
+class Attention(nn.Module):
+    """Multi-head attention from plain MatMul/Softmax (exports cleanly; no need_weights path)."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads, self.hs = heads, dim // heads
+        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
+
+    def forward(self, x: torch.Tensor, ctx: torch.Tensor, prefix_kv: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x (B, N, C) attends to ctx (B, M, C) [+ prefix_kv (B, P, C)] -> (B, N, C)."""
+        if prefix_kv is not None:
+            ctx = torch.cat([prefix_kv, ctx], dim=1)                          # (B, P+M, C)
+        b, n, c = x.shape
+        q = self.q(x).reshape(b, n, self.heads, self.hs).transpose(1, 2)      # (B, nh, N, hs)
+        k = self.k(ctx).reshape(b, -1, self.heads, self.hs).transpose(1, 2)   # (B, nh, M, hs)
+        v = self.v(ctx).reshape(b, -1, self.heads, self.hs).transpose(1, 2)
+        w = torch.softmax(q @ k.transpose(-1, -2) / self.hs ** 0.5, dim=-1)   # (B, nh, N, M)
+        return self.o((w @ v).transpose(1, 2).reshape(b, n, c))
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block over the audio and visual segment tokens."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, x: torch.Tensor, prefix_kv: Optional[torch.Tensor] = None) -> torch.Tensor:
+        h = self.ln1(x)
+        x = x + self.attn(h, h, prefix_kv)
+        return x + self.mlp(self.ln2(x))
+
+
+class Backbone(nn.Module):
+    def __init__(self, dim: int, map_hw, t_segments: int, n_answers: int, heads: int = 4, layers: int = 1):
+        super().__init__()
+        hw = map_hw[0] * map_hw[1]
+        self.pos_hw = nn.Parameter(torch.zeros(1, 1, hw, dim))
+        self.pos_t = nn.Parameter(torch.zeros(1, t_segments, dim))
+        self.type_av = nn.Parameter(torch.zeros(2, dim))
+        nn.init.normal_(self.pos_hw, std=0.5)
+        nn.init.normal_(self.pos_t, std=0.5)
+        nn.init.normal_(self.type_av, std=0.5)
+        self.ground = Attention(dim, heads)
+        self.ground_mix = nn.Linear(2 * dim, dim)
+        self.blocks = nn.ModuleList(Block(dim, heads) for _ in range(layers))
+        self.temporal_a = Attention(dim, heads)
+        self.temporal_v = Attention(dim, heads)
+        self.fuse = nn.Linear(2 * dim, dim)
+        self.head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, n_answers))
+
+    def forward(self, a: torch.Tensor, v: torch.Tensor, q: torch.Tensor,
+                prefix_kv: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """a (B, T, C), v (B, T, C, H', W'), q (B, C) -> answer logits (B, n_answers)."""
+        b, t, c = a.shape
+        vt = v.flatten(3).transpose(2, 3) + self.pos_hw                     # (B, T, H'W', C)
+        query = (a + q[:, None]).reshape(b * t, 1, c)                         # (B*T, 1, C)
+        grounded = self.ground(query, vt.reshape(b * t, -1, c)).reshape(b, t, c)
+        vis = self.ground_mix(torch.cat([grounded, vt.mean(dim=2)], dim=-1))  # (B, T, C)
+        tokens = torch.cat([a + self.pos_t + self.type_av[0], vis + self.pos_t + self.type_av[1]], dim=1)  # (B, 2T, C)
+        for blk in self.blocks:
+            tokens = blk(tokens, prefix_kv)
+        a_s, v_s = tokens[:, :t], tokens[:, t:]                               # (B, T, C) each
+        qq = q[:, None]                                                       # (B, 1, C)
+        a_q = self.temporal_a(qq, a_s).squeeze(1)                             # (B, C)
+        v_q = self.temporal_v(qq, v_s).squeeze(1)
+        fused = self.fuse(torch.cat([a_q, v_q], dim=-1))                      # (B, C)
+        return self.head(fused + q + fused * q)

@@ -1,0 +1,257 @@
+"""`avqa-edge train`: Eq. 8 training with periodic validation under sensor scenarios.
+
+Methods: rmm_avr (the paper's model), baseline (backbone on complete data only, what users
+have today), dropout (the same backbone with random per-segment modality dropout and no
+RMM/AVR: the fair baseline). Every method gets the same data, steps and batches.
+"""
+import json
+import math
+import time
+from pathlib import Path
+from typing import Callable, Dict, Optional
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from avqa_edge import __version__
+from avqa_edge.errors import AvqaError
+from avqa_edge.runtime.text import Vocabulary
+
+from .checkpoint import optimizer_tensors, read_json, restore_optimizer, save_tensors, write_json
+from .config import PRESET_LR, ModelConfig, TrainConfig
+from .data.loader import SplitData
+from .data.sources import load_split
+from .evaluate import MISSING_SCENARIOS, predict, score
+from .model.avqa import AVQAModel
+
+PER_CLIP = 4          # questions per clip in a training batch (clips are encoded once)
+MAX_DENOISE_PAIRS = 128
+AVR_LOSS_BATCH = 16   # questions whose pseudo terms go through the sampler in the AVR phase
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise AvqaError("--device cuda was asked for but no CUDA GPU is visible to PyTorch")
+    return torch.device(name)
+
+
+def random_masks(rng: torch.Generator, b: int, t: int, p_full: float) -> torch.Tensor:
+    """(B, T) 1 = present: all T segments absent with probability p_full, else a random
+    non-empty subset."""
+    full = torch.rand(b, 1, generator=rng) < p_full
+    frac = torch.rand(b, 1, generator=rng) * 0.8 + 0.1
+    part = torch.rand(b, t, generator=rng) < frac
+    part[torch.arange(b), torch.randint(0, t, (b,), generator=rng)] = True   # at least one absent
+    return (~(full | part)).float()
+
+
+def to_device(batch: Dict[str, torch.Tensor], device: torch.device) -> Dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def lr_at(step: int, total: int, base: float, warmup: int = 50) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    return base * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def flops_per_answer(model: AVQAModel) -> Dict[str, float]:
+    """FLOPs for one answer (batch 1) on the complete path and with a sensor absent (rmm+avr),
+    counted by torch.utils.flop_counter on the model's own ops."""
+    from torch.utils.flop_counter import FlopCounterMode
+    cfg = model.cfg
+    t = cfg.t_segments
+    if cfg.inputs == "raw":
+        from avqa_edge.runtime.signal import FRAME_H, FRAME_W, FRAMES_PER_SEGMENT, SEGMENT_SAMPLES
+        batch = {"frames": torch.zeros(1, t, FRAMES_PER_SEGMENT, FRAME_H, FRAME_W, 3, dtype=torch.uint8),
+                 "audio": torch.zeros(1, t * SEGMENT_SAMPLES)}
+    else:
+        batch = {"audio_feat": torch.zeros(1, t, cfg.audio_in), "visual_feat": torch.zeros(1, t, cfg.visual_in, cfg.map_h, cfg.map_w)}
+    batch["tokens"] = torch.ones(1, cfg.q_len, dtype=torch.int64)
+    out = {}
+    model.eval()
+    with torch.no_grad():
+        for name, kw in (("complete", {}), ("audio_missing", {"mask_a": torch.zeros(1, t)}),
+                         ("visual_missing", {"mask_v": torch.zeros(1, t)})):
+            with FlopCounterMode(display=False) as fc:
+                model(batch, method="rmm+avr", **kw)
+            out[name] = float(fc.get_total_flops())
+    return out
+
+
+def validate(model: AVQAModel, data: SplitData, method: str, limit: int) -> Dict[str, float]:
+    out = {}
+    for scen in MISSING_SCENARIOS:
+        qs, preds = predict(model, data, scen, "zero_fill" if scen == "complete" else method, limit=limit)
+        out[scen] = score(data, qs, preds)["overall"]
+    out["score"] = float(np.mean([out[s] for s in MISSING_SCENARIOS]))
+    return out
+
+
+def train(run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, data_spec: Dict, resume: bool = False,
+          log: Callable[[str], None] = print) -> Dict:
+    run_dir = Path(run_dir)
+    torch.manual_seed(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = pick_device(cfg.device)
+    if resume:
+        saved = read_json(run_dir / "config.json")
+        model_cfg = ModelConfig.from_dict(saved["model"])
+        cfg = TrainConfig(**saved["train"])
+        data_spec = saved["data"]
+    t0 = time.time()
+    log(f"loading data ({data_spec['kind']}) ...")
+    train_split, val_split = load_split(data_spec, "train"), load_split(data_spec, "val")
+    log(f"data ready in {time.time() - t0:.1f}s: {len(train_split)} train / {len(val_split)} val questions")
+    if not resume:
+        vocab = Vocabulary.build([qa.question for qa in train_split.qa])
+        answers = sorted({qa.answer for qa in train_split.qa})
+        model_cfg.vocab, model_cfg.answers = vocab.words[2:], answers
+        if cfg.method != "rmm_avr":
+            model_cfg.use_rmm = model_cfg.use_avr = False
+    vocab = Vocabulary(model_cfg.vocab)
+    train_data = SplitData(train_split, vocab, model_cfg.answers)
+    val_data = SplitData(val_split, vocab, model_cfg.answers, strict_answers=False)
+    model = AVQAModel(model_cfg).to(device)
+    lr = cfg.lr or PRESET_LR[model_cfg.preset]
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    start, best = 0, -1.0
+    history = []
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if resume:
+        from safetensors.torch import load_file
+        tensors = load_file(str(run_dir / "last.safetensors"))
+        model.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("opt.")})
+        restore_optimizer(opt, tensors)
+        state = read_json(run_dir / "state.json")
+        start, best, history = state["step"], state["best_score"], state["history"]
+        log(f"resuming at step {start} (best validation score {best:.3f})")
+    else:
+        write_json(run_dir / "config.json", {
+            "package": "avqa-edge", "version": __version__, "torch": torch.__version__,
+            "model": model_cfg.to_dict(), "model_hash": model_cfg.hash(), "train": cfg.to_dict(),
+            "data": data_spec, "data_meta": _jsonable(train_split.meta)})
+        write_json(run_dir / "state.json", {"step": 0, "best_score": -1.0, "finished": False, "history": []})
+    if model_cfg.inputs == "raw":
+        t1 = time.time()
+        train_data.cache_mel(model.audio_encoder.frontend)
+        val_data.cache_mel(model.audio_encoder.frontend)
+        log(f"log-mel cached in {time.time() - t1:.1f}s")
+    n_params = sum(p.numel() for p in model.parameters())
+    flops = flops_per_answer(model)
+    log(f"model: {n_params / 1e6:.2f} M parameters; per answer {flops['complete'] / 1e6:.0f} MFLOPs with both sensors, "
+        f"{flops['audio_missing'] / 1e6:.0f} / {flops['visual_missing'] / 1e6:.0f} MFLOPs with audio / video absent")
+    log(f"preset {model_cfg.preset}, method {cfg.method}, {cfg.steps} steps x {cfg.batch_size}, lr {lr:g}, device {device}")
+
+    rng = np.random.default_rng([cfg.seed, start])
+    gen = torch.Generator().manual_seed(cfg.seed * 7919 + start)
+    avr_from = int(cfg.steps * (1 - cfg.avr_finetune_frac))
+    t = model_cfg.t_segments
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    cols = [TextColumn("train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}")]
+    seen, t_loop = 0, time.time()
+    with Progress(*cols, transient=False, disable=None) as bar:
+        task = bar.add_task("train", total=cfg.steps, completed=start, info="")
+        for step in range(start, cfg.steps):
+            model.train()
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, cfg.steps, lr)
+            batch = to_device(train_data.batch(train_data.sample(rng, cfg.batch_size, PER_CLIP)), device)
+            answers = batch["answers"]
+            f, _, _ = model.encode(batch)
+            b = answers.shape[0]
+            terms = _terms(model, f, answers, cfg, gen, b, t, step >= avr_from, device)
+            total = terms["ce_complete"] + terms.get("ce_audio_pseudo", 0) + terms.get("ce_visual_pseudo", 0) \
+                + cfg.lambda_rmm * terms.get("rmm", 0) + cfg.lambda_ave * terms.get("ave", 0)
+            if not torch.isfinite(total):
+                raise AvqaError(f"the loss became {float(total)} at step {step}; nothing was saved past the last good checkpoint")
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            seen += b
+            info = " ".join(f"{k}={float(v.detach()):.3f}" for k, v in terms.items()) + f" | {seen / (time.time() - t_loop):.0f} q/s"
+            bar.update(task, advance=1, info=info)
+            last = step + 1 == cfg.steps
+            if (step + 1) % cfg.eval_every == 0 or last:
+                method = "rmm+avr" if cfg.method == "rmm_avr" else "zero_fill"
+                val = validate(model, val_data, method, cfg.val_samples)
+                entry = {"step": step + 1, "loss": float(total.detach()), **{k: float(v.detach()) for k, v in terms.items()}, **val}
+                history.append(entry)
+                improved = val["score"] > best
+                if improved:
+                    best = val["score"]
+                    save_tensors(run_dir / "model.safetensors", model.state_dict(),
+                                 {"config_hash": model_cfg.hash(), "step": str(step + 1)})
+                save_tensors(run_dir / "last.safetensors", {**model.state_dict(), **optimizer_tensors(opt)},
+                             {"config_hash": model_cfg.hash(), "step": str(step + 1)})
+                write_json(run_dir / "state.json", {"step": step + 1, "best_score": best, "finished": last,
+                                                    "history": history})
+                bar.console.print(f"step {step + 1}: val complete {val['complete']:.3f} audio_missing "
+                                  f"{val['audio_missing']:.3f} visual_missing {val['visual_missing']:.3f}"
+                                  + ("  (best, saved)" if improved else ""))
+    elapsed = time.time() - t0
+    plot_curves(history, run_dir / "curve.png")
+    summary = {"steps": cfg.steps, "best_val_score": best, "seconds": round(elapsed, 1), "parameters": n_params,
+               "flops_per_answer": flops}
+    write_json(run_dir / "state.json", {"step": cfg.steps, "best_score": best, "finished": True,
+                                        "history": history, "summary": summary})
+    log(f"done in {elapsed / 60:.1f} min; best validation score {best:.3f}; run in {run_dir}")
+    return summary
+
+
+def _terms(model: AVQAModel, f, answers, cfg: TrainConfig, gen, b: int, t: int, avr_phase: bool, device):
+    mask_a = random_masks(gen, b, t, cfg.p_full_missing).to(device)
+    mask_v = random_masks(gen, b, t, cfg.p_full_missing).to(device)
+    if cfg.method == "baseline":
+        return {"ce_complete": F.cross_entropy(model.backbone(f.a, f.v, f.q), answers)}
+    if cfg.method == "dropout":
+        ma, mv = mask_a[..., None], mask_v[..., None, None, None]
+        return {"ce_complete": F.cross_entropy(model.backbone(f.a, f.v, f.q), answers),
+                "ce_audio_pseudo": F.cross_entropy(model.backbone(f.a * ma, f.v, f.q), answers),
+                "ce_visual_pseudo": F.cross_entropy(model.backbone(f.a, f.v * mv, f.q), answers)}
+    if avr_phase and model.denoiser is not None:
+        # the AVR phase: the sampler's cost bounds how many questions take the pseudo terms
+        n = min(b, AVR_LOSS_BATCH)
+        out = model.losses(f, answers, mask_a, mask_v, False, MAX_DENOISE_PAIRS)
+        sub = type(f)(f.a[:n], f.v[:n], f.q[:n])
+        avr = model.losses(sub, answers[:n], mask_a[:n], mask_v[:n], True, MAX_DENOISE_PAIRS)
+        out["ce_audio_pseudo"] = 0.5 * (out["ce_audio_pseudo"] + avr["ce_audio_pseudo"])
+        out["ce_visual_pseudo"] = 0.5 * (out["ce_visual_pseudo"] + avr["ce_visual_pseudo"])
+        return out
+    return model.losses(f, answers, mask_a, mask_v, False, MAX_DENOISE_PAIRS)
+
+
+def plot_curves(history, path: Path) -> None:
+    if not history:
+        return
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    steps = [h["step"] for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for k in ("ce_complete", "ce_audio_pseudo", "ce_visual_pseudo", "rmm", "ave"):
+        if k in history[0]:
+            ax1.plot(steps, [h[k] for h in history], label=k)
+    ax1.set_xlabel("step"), ax1.set_title("training losses"), ax1.legend()
+    for k in MISSING_SCENARIOS:
+        ax2.plot(steps, [h[k] for h in history], marker="o", label=k)
+    ax2.set_xlabel("step"), ax2.set_ylabel("accuracy"), ax2.set_title("validation"), ax2.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _jsonable(meta: Dict) -> Dict:
+    """The split's meta without per-clip records (the scenes stay in the data cache)."""
+    meta = {k: v for k, v in meta.items() if k not in ("scenes", "video_ids", "question_ids")}
+    try:
+        json.dumps(meta)
+        return meta
+    except TypeError:
+        return json.loads(json.dumps(meta, default=str))
