@@ -34,7 +34,7 @@ def train(
     out: Annotated[Path, typer.Option(help="Run directory to write (config.json, model.safetensors, curve.png).")] = Path("runs/default"),
     method: Annotated[str, typer.Option(help="rmm_avr (the paper's model), baseline (complete data only) or dropout (modality dropout).")] = "rmm_avr",
     preset: Annotated[str, typer.Option(help="edge (raw signals, CPU/Jetson sized) or paper (MUSIC-AVQA features).")] = "edge",
-    steps: Annotated[int, typer.Option(help="Training steps.")] = 1500,
+    steps: Annotated[int, typer.Option(help="Training steps.")] = 2000,
     batch_size: Annotated[int, typer.Option(help="Questions per step.")] = 64,
     lr: Annotated[float, typer.Option(help="Adam learning rate (0: the preset's).")] = 0.0,
     seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
@@ -50,6 +50,7 @@ def train(
     music_avqa: Annotated[Optional[Path], typer.Option(help="MUSIC-AVQA: folder with avqa-{train,val,test}.json.")] = None,
     features: Annotated[Optional[Path], typer.Option(help="MUSIC-AVQA: feature root (vggish/, res18_14x14/).")] = None,
     eval_every: Annotated[int, typer.Option(help="Validate every N steps.")] = 250,
+    avr_finetune_frac: Annotated[float, typer.Option(help="Last fraction of steps whose pseudo terms go through the AVR sampler (costly on CPU).")] = 0.0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
 ):
     """Train on the built-in benchmark (default), MUSIC-AVQA features or custom data."""
@@ -78,7 +79,7 @@ def train(
     model_cfg = make_preset(preset, use_rmm=not no_rmm, use_avr=not no_avr, n_slots=slots,
                             diffusion_steps=diffusion_steps, addressing=addressing)
     cfg = TrainConfig(method=method, steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=device,
-                      eval_every=eval_every)
+                      eval_every=eval_every, avr_finetune_frac=avr_finetune_frac)
     run_train(out, model_cfg, cfg, spec, resume=resume)
 
 
@@ -95,6 +96,27 @@ def evaluate(
     """Score a run on the test split under every sensor scenario and method."""
     from .toolkit.eval import run_eval
     run_eval(run_dir, json_path, compare or [], sweep=sweep, limit=limit, seed=seed)
+
+
+@app.command("write-split")
+@_clean_errors
+def write_split(
+    out: Annotated[Path, typer.Option(help="Folder to write (videos/, audio/, questions.jsonl).")],
+    split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
+    data_seed: Annotated[int, typer.Option(help="Built-in benchmark seed.")] = 0,
+    clips: Annotated[int, typer.Option(help="Write only the first N clips (0: all).")] = 0,
+):
+    """Write a built-in benchmark split as ordinary files (lossless video + WAV + questions
+    JSONL), to replay through a camera/mic source or to train on with --manifest-dir."""
+    from .toolkit.data.files import write_split as write
+    from .toolkit.data.sources import builtin_spec, load_split
+    from .toolkit.data.types import RawSplit
+    data = load_split(builtin_spec(seed=data_seed), split)
+    if clips:
+        qa = [q for q in data.qa if q.clip < clips]
+        data = RawSplit(data.frames[:clips], data.audio[:clips], qa, data.meta)
+    path = write(data, out)
+    typer.echo(f"wrote {len({q.clip for q in data.qa})} clips and {len(data.qa)} questions: {path}")
 
 
 def _planned(name: str, issue: int, what: str):

@@ -78,3 +78,28 @@ def test_eval_refuses_unfinished_run(tiny_run, tmp_path):
 def test_cli_help_does_not_import_torch():
     code = "import sys, avqa_edge.cli; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_resume_continues_from_the_last_checkpoint(tiny_spec, tmp_path):
+    from safetensors.torch import load_file
+
+    from avqa_edge.toolkit.config import TrainConfig, preset
+    from avqa_edge.toolkit.train import train
+    run = tmp_path / "resumable"
+    train(run, preset("edge"), TrainConfig(steps=12, batch_size=16, eval_every=6, val_samples=32), tiny_spec,
+          log=lambda *_: None)
+    before = load_file(str(run / "last.safetensors"))
+    assert any(k.startswith("opt.") for k in before), "Adam state is saved for resume"
+    # pretend the run was asked for 24 steps and stopped at 12
+    config = read_json(run / "config.json")
+    config["train"]["steps"] = 24
+    (run / "config.json").write_text(json.dumps(config))
+    state = read_json(run / "state.json")
+    state["finished"] = False
+    (run / "state.json").write_text(json.dumps(state))
+    res = CliRunner().invoke(app, ["train", "--out", str(run), "--resume"])
+    assert res.exit_code == 0, res.output
+    state = read_json(run / "state.json")
+    assert state["finished"] and [h["step"] for h in state["history"]] == [6, 12, 18, 24]
+    after = load_file(str(run / "last.safetensors"))
+    assert not all(bool((after[k] == before[k]).all()) for k in before if not k.startswith("opt.")), "weights moved on"

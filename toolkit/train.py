@@ -155,6 +155,7 @@ def train(run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, data_spec: Di
     cols = [TextColumn("train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
             TextColumn("{task.fields[info]}")]
     seen, t_loop = 0, time.time()
+    ema: Dict[str, float] = {}   # running means of the loss terms (what the log and plot show)
     with Progress(*cols, transient=False, disable=None) as bar:
         task = bar.add_task("train", total=cfg.steps, completed=start, info="")
         for step in range(start, cfg.steps):
@@ -175,13 +176,15 @@ def train(run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, data_spec: Di
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             seen += b
-            info = " ".join(f"{k}={float(v.detach()):.3f}" for k, v in terms.items()) + f" | {seen / (time.time() - t_loop):.0f} q/s"
+            for k, v in [("loss", total), *terms.items()]:
+                ema[k] = float(v.detach()) if k not in ema else 0.98 * ema[k] + 0.02 * float(v.detach())
+            info = " ".join(f"{k}={v:.3f}" for k, v in ema.items()) + f" | {seen / (time.time() - t_loop):.0f} q/s"
             bar.update(task, advance=1, info=info)
             last = step + 1 == cfg.steps
             if (step + 1) % cfg.eval_every == 0 or last:
                 method = "rmm+avr" if cfg.method == "rmm_avr" else "zero_fill"
                 val = validate(model, val_data, method, cfg.val_samples)
-                entry = {"step": step + 1, "loss": float(total.detach()), **{k: float(v.detach()) for k, v in terms.items()}, **val}
+                entry = {"step": step + 1, **ema, **val}
                 history.append(entry)
                 improved = val["score"] > best
                 if improved:

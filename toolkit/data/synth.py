@@ -85,7 +85,7 @@ _N_SAMPLES = T_SEGMENTS * SEGMENT_SAMPLES
 @dataclass(frozen=True)
 class SynthConfig:
     seed: int = 0
-    train_clips: int = 2400
+    train_clips: int = 6000
     val_clips: int = 400
     test_clips: int = 800
     questions_per_clip: int = 6     # average; balancing may drop some candidates

@@ -5,12 +5,15 @@ segment is real, 0 = absent. An absent segment's raw input is blanked *and* its 
 output replaced, so nothing of it reaches the model; a modality absent from the whole
 batch is not encoded at all.
 """
+import math
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from avqa_edge.runtime.signal import LOG_EPS
 
 from ..config import ModelConfig
 from .backbone import Backbone
@@ -187,14 +190,22 @@ def _n_clips(batch: Dict[str, torch.Tensor]) -> int:
 
 
 def _blank(batch: Dict[str, torch.Tensor], modality: str, mask: torch.Tensor) -> Dict[str, torch.Tensor]:
-    """Zero the raw input of absent segments (mask (B, T), 1 = present)."""
+    """Blank the raw input of absent segments (mask (U, T), 1 = present): black frames, silent
+    audio; a cached log-mel gets log(LOG_EPS), what silence gives."""
     if bool(mask.all()):
         return batch
     out = dict(batch)
-    b, t = mask.shape
+    u, t = mask.shape
     for key in (("audio", "mel", "audio_feat") if modality == "audio" else ("frames", "visual_feat")):
-        if key in out:
-            x = out[key]
-            m = mask.reshape(b, t, *([1] * (x.dim() - 2))) if key != "audio" else mask.repeat_interleave(x.shape[1] // t, 1)
-            out[key] = (x * m.to(x.dtype)) if x.dtype != torch.uint8 else x * m.to(torch.uint8)
+        if key not in out:
+            continue
+        x = out[key]
+        if key == "audio":
+            m = mask.repeat_interleave(x.shape[1] // t, 1)                       # (U, T*S)
+        else:
+            m = mask.reshape(u, t, *([1] * (x.dim() - 2)))                       # (U, T, 1, ...)
+        if key == "mel":
+            out[key] = x * m + (1 - m) * math.log(LOG_EPS)
+        else:
+            out[key] = x * m.to(x.dtype)
     return out
