@@ -74,9 +74,9 @@ def run_eval(run_dir: Path, json_path: Optional[Path], compare: List[Path], swee
         for d in (test, val):
             d.cache_mel(model.audio_encoder.frontend)
     n = min(limit, len(test)) if limit else len(test)
+
     std = feature_std(model, val)
     log(f"{n} test questions; feature std on validation: audio {std[0]:.3f}, visual {std[1]:.3f}")
-
     main_name = config["train"]["method"]
     jobs = []   # (scenario, method label, model, fill method)
     for scen in MISSING_SCENARIOS:
@@ -95,12 +95,12 @@ def run_eval(run_dir: Path, json_path: Optional[Path], compare: List[Path], swee
         jobs = [(s, main_name if mm is model and meth in ("zero_fill", "none") else lbl, mm, meth) for s, lbl, mm, meth in jobs]
 
     results: Dict[str, Dict[str, Dict[str, float]]] = {}
+    stds = {id(m): feature_std(m, val) for m in {id(j[2]): j[2] for j in jobs}.values()}   # noise scale per model
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task("eval", total=len(jobs) * n)
         for scen, label, m, meth in jobs:
             bar.update(task, description=f"{scen} / {label}")
-            feat_std = feature_std(m, val) if scen in NOISE_SCENARIOS else None
-            qs, preds = predict(m, test, scen, meth, limit=limit, feat_std=feat_std, seed=seed,
+            qs, preds = predict(m, test, scen, meth, limit=limit, feat_std=stds[id(m)], seed=seed,
                                 progress=lambda k: bar.advance(task, k))
             results.setdefault(scen, {})[label] = score(test, qs, preds)
     # complete: nothing is missing, so every fill method gives the same answers
