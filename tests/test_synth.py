@@ -525,5 +525,5 @@ def test_loudness_is_the_rms_of_the_instruments_own_signal(seed):
     assume(np.abs(full).max() < 0.95 and np.abs(rest).max() < 0.95)    # no peak limiting
     own = (full.astype(np.float64) - rest).reshape(T, SEGMENT_SAMPLES)
     on = np.asarray(src.sounding)
-    assert np.abs(own[~on]).max() < 1e-6
+    assert (~on).sum() == 0 or np.abs(own[~on]).max() < 1e-6   # silent where it is silent (if ever)
     assert np.sqrt(np.mean(own[on] ** 2)) == pytest.approx(src.loudness, rel=1e-3)
