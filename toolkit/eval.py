@@ -75,8 +75,6 @@ def run_eval(run_dir: Path, json_path: Optional[Path], compare: List[Path], swee
             d.cache_mel(model.audio_encoder.frontend)
     n = min(limit, len(test)) if limit else len(test)
 
-    std = feature_std(model, val)
-    log(f"{n} test questions; feature std on validation: audio {std[0]:.3f}, visual {std[1]:.3f}")
     main_name = config["train"]["method"]
     jobs = []   # (scenario, method label, model, fill method)
     for scen in MISSING_SCENARIOS:
@@ -96,6 +94,8 @@ def run_eval(run_dir: Path, json_path: Optional[Path], compare: List[Path], swee
 
     results: Dict[str, Dict[str, Dict[str, float]]] = {}
     stds = {id(m): feature_std(m, val) for m in {id(j[2]): j[2] for j in jobs}.values()}   # noise scale per model
+    std = stds[id(model)]
+    log(f"{n} test questions; feature std on validation: audio {std[0]:.3f}, visual {std[1]:.3f}")
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task("eval", total=len(jobs) * n)
         for scen, label, m, meth in jobs:

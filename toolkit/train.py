@@ -223,7 +223,8 @@ def _terms(model: AVQAModel, f, answers, cfg: TrainConfig, gen, b: int, t: int, 
         n = min(b, AVR_LOSS_BATCH)
         out = model.losses(f, answers, mask_a, mask_v, False, MAX_DENOISE_PAIRS)
         sub = type(f)(f.a[:n], f.v[:n], f.q[:n])
-        avr = model.losses(sub, answers[:n], mask_a[:n], mask_v[:n], True, MAX_DENOISE_PAIRS)
+        pa, pv = model.pseudo(sub)
+        avr = model.pseudo_ce(sub, pa, pv, answers[:n], mask_a[:n], mask_v[:n], True)
         out["ce_audio_pseudo"] = 0.5 * (out["ce_audio_pseudo"] + avr["ce_audio_pseudo"])
         out["ce_visual_pseudo"] = 0.5 * (out["ce_visual_pseudo"] + avr["ce_visual_pseudo"])
         return out

@@ -164,22 +164,27 @@ class AVQAModel(nn.Module):
         cfg = self.cfg
         out = {"ce_complete": F.cross_entropy(self.backbone(f.a, f.v, f.q), answers)}
         pa, pv = self.pseudo(f)
-        ones = torch.ones_like(mask_a)
-        ma, mv = mask_a[..., None], mask_v[..., None, None, None]
-        a_hat, v_hat = ma * f.a + (1 - ma) * pa, mv * f.v + (1 - mv) * pv
-        if use_avr_in_loss and self.denoiser is not None:
-            with torch.no_grad():
-                ea, _ = self.enhance(a_hat, f.v, mask_a, ones)
-                _, ev = self.enhance(f.a, v_hat, ones, mask_v)
-            a_hat = a_hat + (ea - a_hat).detach()
-            v_hat = v_hat + (ev - v_hat).detach()
-        out["ce_audio_pseudo"] = F.cross_entropy(self.backbone(a_hat, f.v, f.q), answers)
-        out["ce_visual_pseudo"] = F.cross_entropy(self.backbone(f.a, v_hat, f.q), answers)
+        out.update(self.pseudo_ce(f, pa, pv, answers, mask_a, mask_v, use_avr_in_loss))
         if self.rmm is not None:
             out["rmm"] = recall_loss(f.a.detach(), pa, cfg.recall_loss) + recall_loss(f.v.detach(), pv, cfg.recall_loss)
         if self.denoiser is not None:
             out["ave"] = self.denoise_loss(f, max_pairs)
         return out
+
+    def pseudo_ce(self, f: Feats, pa: torch.Tensor, pv: torch.Tensor, answers: torch.Tensor, mask_a: torch.Tensor,
+                  mask_v: torch.Tensor, through_avr: bool) -> Dict[str, torch.Tensor]:
+        """Eq. 8's two pseudo terms: CE(f^ap_hat, f^v_hat) and CE(f^a_hat, f^vp_hat)."""
+        ones = torch.ones_like(mask_a)
+        ma, mv = mask_a[..., None], mask_v[..., None, None, None]
+        a_hat, v_hat = ma * f.a + (1 - ma) * pa, mv * f.v + (1 - mv) * pv
+        if through_avr and self.denoiser is not None:
+            with torch.no_grad():
+                ea, _ = self.enhance(a_hat, f.v, mask_a, ones)
+                _, ev = self.enhance(f.a, v_hat, ones, mask_v)
+            a_hat = a_hat + (ea - a_hat).detach()
+            v_hat = v_hat + (ev - v_hat).detach()
+        return {"ce_audio_pseudo": F.cross_entropy(self.backbone(a_hat, f.v, f.q), answers),
+                "ce_visual_pseudo": F.cross_entropy(self.backbone(f.a, v_hat, f.q), answers)}
 
 
 def _n_clips(batch: Dict[str, torch.Tensor]) -> int:
