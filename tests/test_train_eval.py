@@ -103,3 +103,19 @@ def test_resume_continues_from_the_last_checkpoint(tiny_spec, tmp_path):
     assert state["finished"] and [h["step"] for h in state["history"]] == [6, 12, 18, 24]
     after = load_file(str(run / "last.safetensors"))
     assert not all(bool((after[k] == before[k]).all()) for k in before if not k.startswith("opt.")), "weights moved on"
+
+
+def test_runs_of_an_older_model_version_are_refused_cleanly(tiny_run, tmp_path):
+    import json
+    import shutil
+
+    from avqa_edge.errors import AvqaError
+    from avqa_edge.toolkit.checkpoint import load_model
+    run, _ = tiny_run
+    old = tmp_path / "old"
+    shutil.copytree(run, old)
+    cfg = json.loads((old / "config.json").read_text())
+    del cfg["model"]["arch"]                         # written before the field existed
+    (old / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(AvqaError, match="model version 1"):
+        load_model(old)

@@ -14,7 +14,7 @@ import torch
 
 from avqa_edge.errors import AvqaError
 
-from .config import ModelConfig
+from .config import ARCH_VERSION, ModelConfig
 from .model.avqa import AVQAModel
 
 
@@ -70,9 +70,16 @@ def load_model(run_dir, weights: str = "model.safetensors") -> Tuple[AVQAModel, 
     path = run_dir / weights
     if not path.exists():
         raise AvqaError(f"{path} not found: has `avqa-edge train --out {run_dir}` run to its first validation?")
-    model = AVQAModel(ModelConfig.from_dict(config["model"]))
+    cfg = ModelConfig.from_dict(config["model"])
+    if cfg.arch != ARCH_VERSION:
+        raise AvqaError(f"{run_dir} was trained with model version {cfg.arch}; this avqa-edge builds version "
+                        f"{ARCH_VERSION}: train it again (or use the avqa-edge release that made it)")
+    model = AVQAModel(cfg)
     tensors = load_file(str(path))
-    missing, unexpected = model.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("opt.")}, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("opt.")}, strict=False)
+    except RuntimeError as e:
+        raise AvqaError(f"{path} does not match its config ({str(e).splitlines()[-1].strip()})") from None
     if missing or unexpected:
         raise AvqaError(f"{path} does not match its config: missing {missing[:3]}, unexpected {unexpected[:3]}")
     return model.eval(), config

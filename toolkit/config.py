@@ -13,11 +13,15 @@ from avqa_edge.errors import AvqaError
 
 ADDRESSING = ("logspace", "paper")
 METHODS = ("rmm_avr", "baseline", "dropout")   # what `avqa-edge train --method` trains
+# Bumped whenever a change to the model code makes older weights unloadable; part of the
+# config (and so of its hash). Runs written before the field existed count as version 1.
+ARCH_VERSION = 2
 
 
 @dataclass
 class ModelConfig:
     preset: str = "edge"
+    arch: int = ARCH_VERSION
     inputs: str = "raw"              # "raw": frames + waveform encoders; "features": MUSIC-AVQA features
     dim: int = 64                    # C, the shared feature width
     map_h: int = 4                   # visual map H' (raw: 32 px / 8)
@@ -61,6 +65,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
+        d = {"arch": 1, **d}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:

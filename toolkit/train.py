@@ -19,7 +19,7 @@ from avqa_edge.errors import AvqaError
 from avqa_edge.runtime.text import Vocabulary
 
 from .checkpoint import optimizer_tensors, read_json, restore_optimizer, save_tensors, write_json
-from .config import PRESET_LR, ModelConfig, TrainConfig
+from .config import ARCH_VERSION, PRESET_LR, ModelConfig, TrainConfig
 from .data.loader import SplitData
 from .data.sources import load_split
 from .evaluate import MISSING_SCENARIOS, predict, score
@@ -101,6 +101,9 @@ def train(run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, data_spec: Di
     if resume:
         saved = read_json(run_dir / "config.json")
         model_cfg = ModelConfig.from_dict(saved["model"])
+        if model_cfg.arch != ARCH_VERSION:
+            raise AvqaError(f"{run_dir} was started with model version {model_cfg.arch}; this avqa-edge builds "
+                            f"version {ARCH_VERSION}, so it cannot resume it: train again")
         cfg = TrainConfig(**saved["train"])
         data_spec = saved["data"]
     t0 = time.time()

@@ -95,10 +95,15 @@ class AVQAModel(nn.Module):
     # ---- missing-modality recovery ---------------------------------------------------------
     def pseudo(self, f: Feats) -> Tuple[torch.Tensor, torch.Tensor]:
         """RMM pseudo features (Eq. 2) for every segment: audio from visual + question,
-        visual from audio + question. Without RMM: zeros."""
+        visual from audio + question. Without RMM: zeros.
+
+        The generator reads detached features: it learns to recall, while the encoders learn
+        from the answers alone (in the released code they are frozen feature extractors, so
+        Eq. 3-4 never pull on them there either)."""
         if self.rmm is None:
             return torch.zeros_like(f.a), torch.zeros_like(f.v)
-        return self.rmm.pseudo_audio(f.v, f.q), self.rmm.pseudo_visual(f.a, f.q)
+        a, v, q = f.a.detach(), f.v.detach(), f.q.detach()
+        return self.rmm.pseudo_audio(v, q), self.rmm.pseudo_visual(a, q)
 
     def enhance(self, a: torch.Tensor, v: torch.Tensor, known_a: torch.Tensor, known_v: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """AVR (Eq. 5-7 at inference): the pair goes through the S-step reverse process; parts

@@ -6,7 +6,8 @@
    position embedding that keeps "where" in the pooled vector;
 2. an audio<->visual attention block over the 2T segment tokens (where issue 5's
    attention-level prompts attach: `prefix_kv` is prepended to its keys and values);
-3. question-guided temporal attention over audio and over grounded visual;
+3. question-guided temporal attention over audio and over grounded visual, plus a gated
+   mean that can count segments;
 4. fusion, product with the question feature, answer classifier.
 AVST's tanh(fused) * q fusion stalls for hundreds of steps on the built-in benchmark; the
 fusion here adds fused, q and fused * q.
@@ -52,6 +53,33 @@ class Block(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
+class QueryPool(nn.Module):
+    """Question-guided temporal attention over the T segments (AVST) plus a sigmoid-gated mean.
+
+    Softmax weights sum to one, so attention alone cannot count segments ("does the x play
+    longer than the y", "how many are sounding" stayed at chance); the gated mean over the
+    fixed T can."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.attn = Attention(dim, heads)
+        self.gate_q, self.gate_k, self.value = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.out = nn.Linear(2 * dim, dim)
+
+    def forward(self, q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """q (B, C), x (B, T, C) -> (B, C)."""
+        b, t, c = x.shape
+        hs = c // self.heads
+        attended = self.attn(q[:, None], x).squeeze(1)                        # (B, C)
+        gq = self.gate_q(q).reshape(b, 1, self.heads, hs)
+        gk = self.gate_k(x).reshape(b, t, self.heads, hs)
+        gate = torch.sigmoid((gq * gk).sum(-1) / hs ** 0.5)                   # (B, T, nh)
+        val = self.value(x).reshape(b, t, self.heads, hs)                     # (B, T, nh, hs)
+        counted = (gate[..., None] * val).mean(dim=1).reshape(b, c)           # (B, C)
+        return self.out(torch.cat([attended, counted], dim=-1))
+
+
 class Backbone(nn.Module):
     def __init__(self, dim: int, map_hw, t_segments: int, n_answers: int, heads: int = 4, layers: int = 1):
         super().__init__()
@@ -66,8 +94,8 @@ class Backbone(nn.Module):
         self.ground_q = Attention(dim, heads)
         self.ground_mix = nn.Linear(3 * dim, dim)
         self.blocks = nn.ModuleList(Block(dim, heads) for _ in range(layers))
-        self.temporal_a = Attention(dim, heads)
-        self.temporal_v = Attention(dim, heads)
+        self.temporal_a = QueryPool(dim, heads)
+        self.temporal_v = QueryPool(dim, heads)
         self.fuse = nn.Linear(2 * dim, dim)
         self.head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, n_answers))
 
@@ -84,8 +112,7 @@ class Backbone(nn.Module):
         for blk in self.blocks:
             tokens = blk(tokens, prefix_kv)
         a_s, v_s = tokens[:, :t], tokens[:, t:]                               # (B, T, C) each
-        qq = q[:, None]                                                       # (B, 1, C)
-        a_q = self.temporal_a(qq, a_s).squeeze(1)                             # (B, C)
-        v_q = self.temporal_v(qq, v_s).squeeze(1)
+        a_q = self.temporal_a(q, a_s)                                         # (B, C)
+        v_q = self.temporal_v(q, v_s)
         fused = self.fuse(torch.cat([a_q, v_q], dim=-1))                      # (B, C)
         return self.head(fused + q + fused * q)

@@ -43,22 +43,30 @@ def _conv(cin, cout, stride):
 
 
 class AudioEncoder(nn.Module):
-    """Waveform segments -> one C vector per segment."""
+    """Waveform segments -> one C vector per segment.
+
+    The CNN keeps 8 of the 32 mel bands (harmonic profiles tell instruments apart) and pools
+    time by mean and max (plucks are short). A level path adds each band's mean log-mel after
+    the LayerNorm, so absolute loudness, which the normalisation removes, reaches the model
+    (louder-than and longer-than questions)."""
 
     def __init__(self, dim: int):
         super().__init__()
         self.frontend = LogMel()
         self.norm_in = nn.BatchNorm2d(1)
-        self.body = nn.Sequential(_conv(1, 16, 2), _conv(16, 32, 2), _conv(32, 64, 2))  # (N,64,4,8)
-        self.proj = nn.Linear(64 * sig.N_MELS // 8, dim)
+        self.body = nn.Sequential(_conv(1, 16, 2), _conv(16, 32, 2), _conv(32, 64, (1, 2)))  # (N,64,8,8)
+        self.proj = nn.Linear(2 * 64 * (sig.N_MELS // 4), dim)
         self.norm = nn.LayerNorm(dim)
+        self.level = nn.Linear(sig.N_MELS, dim)
 
     def from_mel(self, mel: torch.Tensor) -> torch.Tensor:
         """mel (B, T, N_MELS, N_FRAMES) -> (B, T, C)."""
         b, t = mel.shape[:2]
-        x = self.body(self.norm_in(mel.reshape(b * t, 1, *mel.shape[2:])))  # (B*T, 64, 4, 8)
-        x = x.mean(dim=3).flatten(1)                                          # (B*T, 64*4): pool time, keep pitch
-        return self.norm(self.proj(x)).reshape(b, t, -1)
+        x = self.norm_in(mel.reshape(b * t, 1, *mel.shape[2:]))             # (B*T, 1, N_MELS, N_FRAMES)
+        level = x.mean(dim=3).flatten(1)                                      # (B*T, N_MELS)
+        x = self.body(x)                                                      # (B*T, 64, 8, 8)
+        x = torch.cat([x.mean(dim=3), x.amax(dim=3)], dim=1).flatten(1)      # (B*T, 2*64*8): pool time, keep pitch
+        return (self.norm(self.proj(x)) + self.level(level)).reshape(b, t, -1)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         """wave (B, T*SEGMENT_SAMPLES) float in [-1, 1] -> (B, T, C)."""

@@ -1,0 +1,39 @@
+"""`avqa-edge report`: mean ± std over seeds and the paired 2-std criterion."""
+import json
+
+from typer.testing import CliRunner
+
+from avqa_edge.cli import app
+from avqa_edge.toolkit.data.types import QUESTION_TYPES
+from avqa_edge.toolkit.report import report
+
+
+def _eval(tmp_path, name, main, zero, drop):
+    acc = lambda x: {"overall": x, **{t: x for t in QUESTION_TYPES}}  # noqa: E731
+    scen = {s: {"zero_fill": acc(zero), "rmm+avr": acc(main), "dropout": acc(drop)}
+            for s in ("audio_missing", "visual_missing")}
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps({"scenarios": scen, "n": 10, "generator_version": "1.0",
+                                "question_only": {"overall": 0.3}}))
+    return path
+
+
+def test_mean_std_and_verdicts(tmp_path):
+    # rmm+avr is 10 points above zero_fill in every seed (std 0 -> beats); against dropout the
+    # differences are +4, -4, 0 (mean 0, std 4 -> no clear difference)
+    files = [_eval(tmp_path, "s0", 0.60, 0.50, 0.56), _eval(tmp_path, "s1", 0.62, 0.52, 0.66),
+             _eval(tmp_path, "s2", 0.64, 0.54, 0.64)]
+    text = report(files)
+    assert "| audio_missing | rmm+avr |" in text
+    assert "62.0 ± 2.0" in text                          # mean and sample std of 60, 62, 64
+    assert "| audio_missing | zero_fill | answerable | +10.0 | 0.0 | beats |" in text
+    assert "| audio_missing | dropout | answerable | +0.0 | 4.0 | no clear difference |" in text
+
+
+def test_cli_report_and_bad_extra(tmp_path):
+    files = [str(_eval(tmp_path, f"s{i}", 0.6, 0.5, 0.5)) for i in range(2)]
+    res = CliRunner().invoke(app, ["report", *files, "--out", str(tmp_path / "r.md")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "r.md").read_text().startswith("Mean ± std over 2 training seeds")
+    res = CliRunner().invoke(app, ["report", *files, "--extra", "nolabel"])
+    assert res.exit_code == 1 and "LABEL=FILE" in res.output

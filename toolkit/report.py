@@ -1,0 +1,100 @@
+"""`avqa-edge report`: mean ± std over training seeds of several `avqa-edge eval --json` files.
+
+Each input is one seed's eval JSON (`{"scenarios": {SCENARIO: {METHOD: {"overall": ACC,
+TYPE: ACC}}}, "answerable": ..., ...}`); a `--extra LABEL=FILE,FILE,...` group adds the
+rows of other runs (e.g. the `paper` addressing variant) under their own label. For each
+missing-sensor scenario the report also tests the issue's criterion on the question types
+the remaining sensor can answer: does `rmm+avr` beat `zero_fill` and `dropout` by more
+than twice the standard deviation over seeds (of the paired per-seed difference)?
+"""
+import json
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+
+from avqa_edge.errors import AvqaError
+
+from .data.types import QUESTION_TYPES
+from .evaluate import ANSWERABLE, SHORT
+
+Rows = Dict[Tuple[str, str], List[Dict[str, float]]]   # (scenario, method) -> one dict per seed
+
+
+def _load(path: Path) -> Dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise AvqaError(f"cannot read eval JSON {path}: {e}") from None
+
+
+def collect(results: Sequence[Dict], suffix: str = "") -> Rows:
+    rows: Rows = {}
+    for res in results:
+        for scen, methods in res["scenarios"].items():
+            for method, acc in methods.items():
+                rows.setdefault((scen, method + suffix), []).append(acc)
+    return rows
+
+
+def _ms(values: Sequence[float]) -> str:
+    v = 100 * np.asarray(values, dtype=np.float64)
+    return f"{v.mean():.1f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.1f}"
+
+
+def answerable_mean(acc: Dict[str, float], scenario: str) -> float:
+    """Unweighted mean accuracy over the question types the remaining sensor can answer."""
+    return float(np.mean([acc[t] for t in ANSWERABLE[scenario] if t in acc]))
+
+
+def criterion(rows: Rows, scenario: str) -> List[str]:
+    """Paired per-seed differences rmm+avr - baseline on the answerable types, per type."""
+    out = []
+    main = rows.get((scenario, "rmm+avr"), [])
+    for base in ("zero_fill", "dropout"):
+        other = rows.get((scenario, base), [])
+        if len(other) != len(main) or len(main) < 2:
+            continue
+        for t in list(ANSWERABLE[scenario]) + ["answerable"]:
+            if t == "answerable":
+                d = [answerable_mean(m, scenario) - answerable_mean(o, scenario) for m, o in zip(main, other)]
+            else:
+                d = [m[t] - o[t] for m, o in zip(main, other)]
+            d = 100 * np.asarray(d)
+            mean, std = round(float(d.mean()), 9) + 0.0, float(d.std(ddof=1))   # + 0.0: no "-0.0"
+            verdict = "beats" if mean > 2 * std and mean > 0 else ("loses" if mean < -2 * std else "no clear difference")
+            out.append(f"| {scenario} | {base} | {t} | {mean:+.1f} | {std:.1f} | {verdict} |")
+    return out
+
+
+def report(paths: Sequence[Path], extra: Dict[str, Sequence[Path]] = None) -> str:
+    if len(paths) < 1:
+        raise AvqaError("give at least one eval JSON")
+    results = [_load(p) for p in paths]
+    rows = collect(results)
+    for label, files in (extra or {}).items():
+        rows.update({k: v for k, v in collect([_load(p) for p in files], f" ({label})").items()
+                     if k[1] != f"dropout ({label})"})
+    n_seeds = len(results)
+    gen = {r.get("generator_version") for r in results}
+    lines = [f"Mean ± std over {n_seeds} training seeds (sample std), accuracy in %, "
+             f"{results[0].get('n', '?')} test questions per seed, generator {', '.join(sorted(map(str, gen)))}.", ""]
+    cols = [SHORT[t][0] + " " + SHORT[t][1] for t in QUESTION_TYPES]
+    lines.append("| Scenario | Method | " + " | ".join(cols) + " | All | Answerable |")
+    lines.append("|---" * (len(cols) + 4) + "|")
+    for (scen, method), accs in rows.items():
+        ans = _ms([answerable_mean(a, scen) for a in accs]) if scen in ANSWERABLE else ""
+        cells = [_ms([a[t] for a in accs]) if all(t in a for a in accs) else "" for t in QUESTION_TYPES]
+        lines.append(f"| {scen} | {method} | " + " | ".join(cells) + f" | {_ms([a['overall'] for a in accs])} | {ans} |")
+    q_only = [r["question_only"]["overall"] for r in results if "question_only" in r]
+    if q_only:
+        lines += ["", f"Question-only prior: {_ms(q_only)}."]
+    gaps = {s: [r["gap_closed"][s]["answerable_types"] for r in results if s in r.get("gap_closed", {})]
+            for s in ANSWERABLE}
+    lines += ["", "Gap closed by rmm+avr between zero_fill and complete, on the answerable types: "
+              + "; ".join(f"{s} {_ms(g)} %" for s, g in gaps.items() if g) + "."]
+    crit = [c for s in ANSWERABLE for c in criterion(rows, s)]
+    if crit:
+        lines += ["", "rmm+avr minus each baseline, per answerable type (paired over seeds, points):", "",
+                  "| Scenario | Baseline | Type | Mean diff | Std | > 2 std? |", "|---|---|---|---|---|---|", *crit]
+    return "\n".join(lines) + "\n"
