@@ -38,8 +38,9 @@ def collect(results: Sequence[Dict], suffix: str = "") -> Rows:
 
 
 def _ms(values: Sequence[float]) -> str:
+    """Mean ± sample std in %; a single run shows its value alone (no spread to report)."""
     v = 100 * np.asarray(values, dtype=np.float64)
-    return f"{v.mean():.1f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.1f}"
+    return f"{v.mean():.1f} ± {v.std(ddof=1):.1f}" if len(v) > 1 else f"{v[0]:.1f}"
 
 
 def answerable_mean(acc: Dict[str, float], scenario: str) -> float:
@@ -73,8 +74,9 @@ def report(paths: Sequence[Path], extra: Dict[str, Sequence[Path]] = None) -> st
     results = [_load(p) for p in paths]
     rows = collect(results)
     for label, files in (extra or {}).items():
+        label = f"{label}, {len(files)} seed{'s' if len(files) > 1 else ''}"
         rows.update({k: v for k, v in collect([_load(p) for p in files], f" ({label})").items()
-                     if k[1] != f"dropout ({label})"})
+                     if not k[1].startswith("dropout (")})
     n_seeds = len(results)
     gen = {r.get("generator_version") for r in results}
     lines = [f"Mean ± std over {n_seeds} training seeds (sample std), accuracy in %, "
