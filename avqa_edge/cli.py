@@ -166,6 +166,7 @@ def export(
     fp32_cosine: Annotated[float, typer.Option(help="Parity: FP32 minimum cosine similarity per output.")] = 0.99999,
     fp16_agreement: Annotated[float, typer.Option(help="Parity: FP16 minimum answer agreement (0-1).")] = 0.99,
     tie_margin: Annotated[float, typer.Option(help="Parity: an FP32 answer disagreement is excused where PyTorch's top-two probabilities are within this.")] = 1e-4,
+    prompt: Annotated[Optional[Path], typer.Option(help="Also export this prompt run (trained on RUN_DIR) as two backbone graph variants, with their own parity gate.")] = None,
 ):
     """Export a run as a bundle (seven ONNX graphs + FP16 variants, calibration set, manifest)
     and run the parity gate; --trt then builds TensorRT engines on this device."""
@@ -181,6 +182,8 @@ def export(
         raise AvqaError("give RUN_DIR and --out BUNDLE (or --trt --from-bundle BUNDLE on the device)")
     if workspace_mib < 1:
         raise AvqaError("--workspace-mib must be positive")
+    if prompt is not None and not (prompt / "prompts.safetensors").is_file():
+        raise AvqaError(f"--prompt {prompt}: no prompts.safetensors there (train one with `avqa-edge train --method prompt --from {run_dir}`)")
     from rich.console import Console
 
     from .export.bundle_export import export_bundle, parity_table, summary_table
@@ -193,6 +196,13 @@ def export(
     if result.parity is not None:
         console.print(parity_table(result.parity))
         gate(result.parity, f"the bundle in {out} is marked as failed; see {out / 'parity.md'}")
+    if prompt is not None:
+        from .export.prompt_export import add_prompts_to_bundle
+        typer.echo(f"prompt graphs from {prompt}:")
+        report = add_prompts_to_bundle(out, prompt, threads=threads, exporter=exporter, thresholds=thresholds, log=typer.echo)
+        console.print(parity_table(report))
+        gate(report, f"the prompt graphs of {out}; see {out / 'parity_prompts.md'}")
+        typer.echo("prompt parity PASSED")
     if trt:
         _build_engines(out, workspace_mib, timing_cache)
 

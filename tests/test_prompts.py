@@ -222,3 +222,69 @@ def test_prompt_cli_refuses_unfinished_base_and_prompt_runs_as_models(tiny_run, 
     assert res.exit_code == 1 and "has not finished" in res.output
     res = CliRunner().invoke(app, ["eval", str(prompt_run[0])])
     assert res.exit_code == 1 and "is a prompt run" in res.output
+
+
+# ---- export ---------------------------------------------------------------------------------------------
+
+def test_prompt_graphs_export_and_pass_parity(tiny_run, prompt_run, tmp_path):
+    pytest.importorskip("onnx", reason="needs the export extra")
+    pytest.importorskip("onnxruntime", reason="needs the export extra")
+    from avqa_edge.calibration import calibset
+    from avqa_edge.export import onnx_export as OX
+    from avqa_edge.export import parity as P
+    from avqa_edge.export import prompt_export as PX
+    from avqa_edge.runtime.runners import OrtRunner
+    run, _ = tiny_run
+    model, _ = load_model(run)
+    bank, _ = load_prompts(prompt_run[0], run)
+    calib = calibset.build_from_run(run, calibset.MIN_CLIPS)
+    feeds = PX.component_cases(model, bank, calib)
+    assert sorted({int(f["case"][0]) for f in feeds}) == list(range(len(PROMPT_CASES)))
+    specs = PX.io_specs(model)
+    for name in PX.PROMPT_COMPONENTS:
+        p32, p16 = tmp_path / f"{name}.onnx", tmp_path / f"{name}.fp16.onnx"
+        PX.export_prompt_graph(model, bank, name, p32)
+        OX.export_fp16(p32, p16, name, specs[name], model.cfg.hash())
+        refs = [PX.reference(model, bank, name, f) for f in feeds]
+        for prec, path in (("fp32", p32), ("fp16", p16)):
+            with OrtRunner(path, threads=1) as r:
+                got = [r.infer({k: f[k] for k in r.input_spec()})["logits"] for f in feeds]
+            res = P.compare(name, "logits", prec, refs, got, P.Thresholds())
+            assert res, res.failures
+    # the case input selects the set: each case gives the PyTorch logits of that set
+    with OrtRunner(tmp_path / "backbone_prompt_case.onnx", threads=1) as r:
+        f = feeds[0]
+        outs = [r.infer(dict(f, case=np.array([k], np.int64)))["logits"] for k in range(len(PROMPT_CASES))]
+    for k, o in enumerate(outs):
+        np.testing.assert_allclose(o, PX.reference(model, bank, "backbone_prompt_case", dict(f, case=np.array([k]))),
+                                   rtol=1e-4, atol=1e-5)
+    assert not np.allclose(outs[0], outs[1])
+
+
+@pytest.mark.slow
+def test_export_cli_with_prompts_end_to_end(tiny_run, prompt_run, tmp_path):
+    """`avqa-edge export RUN --out B --prompt P`: the prompt graphs join the bundle with their
+    own parity gate (component errors and the pipeline's answers against PyTorch), and the
+    torch-free pipeline serves prompt_all / prompt_oracle from the bundle."""
+    pytest.importorskip("onnxruntime", reason="needs the export extra")
+    from avqa_edge.runtime import bundle as B
+    from avqa_edge.runtime.pipeline import Pipeline
+    run, _ = tiny_run
+    out = tmp_path / "bundle"
+    res = CliRunner().invoke(app, ["export", str(run), "--out", str(out), "--threads", "1", "--calib-clips", "16",
+                                   "--prompt", str(prompt_run[0])])
+    assert res.exit_code == 0, res.output
+    assert "prompt parity PASSED" in res.output
+    manifest = B.read_manifest(out)
+    prompts = manifest["prompts"]
+    assert prompts["parity"]["passed"] and prompts["cases"] == list(PROMPT_CASES)
+    assert {f"{s}/{m}" for s in ("complete", "audio_missing", "visual_missing") for m in ("prompt_all", "prompt_oracle")} \
+        <= {k.split("/", 1)[1] for k in prompts["parity"]["agreement"]}
+    B.verify_bundle(out)                           # the prompt graphs are hashed like every other file
+    from avqa_edge.calibration.calibset import CalibrationSet
+    calib = CalibrationSet.load(out / "calibration")
+    with Pipeline.from_bundle(out, threads=1) as pipe:
+        ans_all = pipe.answer(calib.frames[0], None, calib.tokens[0], method="prompt_all")
+        ans_case = pipe.answer(calib.frames[0], None, calib.tokens[0], method="prompt_oracle")
+        assert pipe.prompt_case(pipe.encode(calib.frames[0], None)) == "audio"     # audio absent -> the audio set
+        assert ans_all.method == "prompt_all" and "backbone_prompt_case" in ans_case.timings_ms
