@@ -139,7 +139,7 @@ def draw_conditions(gen: torch.Generator, u: int) -> List[str]:
 def corrupted_features(model, batch: Dict[str, torch.Tensor], conds: List[str], feat_std: Tuple[float, float],
                        gen: torch.Generator):
     """Encode a batch of U clips under their conditions (U,): absent segments zero-filled,
-    noise added to noisy sensors. -> (Feats, per-question case indices are the caller's)."""
+    noise added to noisy sensors. -> Feats (question level)."""
     u, t = len(conds), model.cfg.t_segments
     ma, mv = torch.ones(u, t), torch.ones(u, t)
     masks = random_masks(gen, u, t, P_FULL_MISSING)
