@@ -133,9 +133,14 @@ def _assemble(model, config: Dict, run_dir: Path, tmp: Path, log: Log, exporter:
         a16 = OX.export_fp16(tmp / fp32_rel, tmp / fp16_rel, name, specs[name], cfg.hash())
         a16.path = fp16_rel
         report(a16)
+        files = {"fp32": fp32_rel, "fp16": fp16_rel}
+        a_ln = _without_layernorm(tmp, fp32_rel, name, specs[name], cfg.hash())
+        if a_ln is not None:             # TensorRT 8.5 (JetPack 5) cannot parse LayerNormalization
+            report(a_ln)
+            files["fp32_nolayernorm"] = a_ln.path
         components[name] = {"inputs": [s.to_dict() for s in specs[name][0]],
                             "outputs": [s.to_dict() for s in specs[name][1]],
-                            "files": {"fp32": fp32_rel, "fp16": fp16_rel}, "exporter": a32.exporter,
+                            "files": files, "exporter": a32.exporter,
                             "opset": a32.opset, "nodes": {"fp32": a32.nodes, "fp16": a16.nodes}}
     components["avr"].update(reverse_steps=cfg.diffusion_steps,
                              noise="constant in the graph: model.avr_noise (seed 1234), (T, 2C, H', W')",
@@ -185,6 +190,26 @@ def _assemble(model, config: Dict, run_dir: Path, tmp: Path, log: Log, exporter:
     man_bytes = (tmp / B.MANIFEST).stat().st_size
     report(OX.Artifact(path=B.MANIFEST, component="manifest", precision="data", bytes=man_bytes, seconds=0.0))
     return ExportResult(bundle=tmp, artifacts=artifacts, manifest=manifest, parity=parity_report)
+
+
+def _without_layernorm(tmp: Path, fp32_rel: str, name: str, spec, config_hash: str) -> Optional[OX.Artifact]:
+    """The FP32 graph with LayerNormalization spelled out (ReduceMean, Sub, Pow, Sqrt, Div),
+    for TensorRT 8.5's fp16_flag route; None when the graph has no LayerNormalization."""
+    import onnx
+
+    from . import onnx_compat as OC
+    t0 = time.perf_counter()
+    proto = onnx.load(str(tmp / fp32_rel))
+    if not OC.op_counts(proto).get(OC.LAYERNORM):
+        return None
+    out = OC.decompose_layernorm(proto)
+    OX.add_metadata(out, {"avqa_edge.rewrite": "LayerNormalization decomposed (TensorRT < 8.6)"})
+    OX.check_graph(out, name, spec, OX.OPSET, config_hash)
+    rel = fp32_rel.replace(".onnx", ".nolayernorm.onnx")
+    onnx.save(out, str(tmp / rel))
+    return OX.Artifact(path=rel, component=name, precision="fp32", bytes=(tmp / rel).stat().st_size,
+                       seconds=round(time.perf_counter() - t0, 3), opset=OX.OPSET, exporter="rewrite",
+                       nodes=len(out.graph.node))
 
 
 def _move_into_place(tmp: Path, out_dir: Path) -> None:

@@ -361,12 +361,15 @@ def onnx_sources(bundle_dir: Path, manifest: Dict[str, Any], route: str,
                  version: Sequence[int]) -> List[Tuple[str, Path]]:
     """(component, ONNX path) per component, the FP32 or FP16 graph as the route needs.
 
-    Reads manifest["components"][name]["files"]["fp32" | "fp16"] (paths relative to the bundle).
+    Reads manifest["components"][name]["files"]["fp32" | "fp16"] (paths relative to the bundle);
+    TensorRT 8.5 takes "fp32_nolayernorm" where the export wrote one.
     """
-    key = ROUTE_ONNX[route]
     sources = []
     for name, component in manifest["components"].items():
         files = component.get("files") or {}
+        key = ROUTE_ONNX[route]
+        if route == ROUTE_FP16_FLAG and tuple(version[:2]) < (8, 6) and "fp32_nolayernorm" in files:
+            key = "fp32_nolayernorm"      # TensorRT 8.5 has no LayerNormalization importer
         rel = files.get(key)
         if rel is None:
             raise AvqaError(

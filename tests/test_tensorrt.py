@@ -30,7 +30,7 @@ FP = {"gpu_name": "Orin", "compute_capability": "8.7", "tensorrt": "10.3.0", "cu
 
 # ----------------------------------------------------------------------------- helpers
 
-def make_bundle(root: Path, components=("visual", "backbone"), fp16=True) -> Path:
+def make_bundle(root: Path, components=("visual", "backbone"), fp16=True, nolayernorm=False) -> Path:
     """A bundle (real manifest.json via runtime/bundle.py) with placeholder ONNX files.
 
     The fake parser ignores the ONNX content; the manifest is hashed and verified for real.
@@ -42,6 +42,8 @@ def make_bundle(root: Path, components=("visual", "backbone"), fp16=True) -> Pat
         files = {"fp32": f"onnx/{name}.onnx"}
         if fp16:
             files["fp16"] = f"onnx/{name}.fp16.onnx"
+        if nolayernorm:
+            files["fp32_nolayernorm"] = f"onnx/{name}.nolayernorm.onnx"
         for rel in files.values():
             (bundle / rel).write_bytes(b"onnx " + rel.encode())
         comps[name] = {"files": files}
@@ -130,6 +132,15 @@ def test_build_tensorrt_8_5_uses_fp16_flag_on_fp32_graph(tmp_path, monkeypatch):
     assert result["fingerprint"] == {"gpu_name": "Orin", "compute_capability": "8.7",
                                      "tensorrt": "8.5.2.2", "cuda": "12.6"}
     assert any("visual.engine" in line and "5 layers pinned to FP32" in line for line in lines)
+
+
+@pytest.mark.parametrize("version, graph", [("8.5.2.2", "visual.nolayernorm.onnx"), ("8.6.2", "visual.onnx"),
+                                            ("10.3.0", "visual.fp16.onnx")])
+def test_tensorrt_8_5_takes_the_layernorm_free_graph(tmp_path, monkeypatch, version, graph):
+    dev = device(monkeypatch, version)
+    bundle = make_bundle(tmp_path, components=("visual",), nolayernorm=True)
+    build(bundle)
+    assert dev.calls.args("parser.parse_from_file") == [(str(bundle / "onnx" / graph),)]
 
 
 def test_build_tensorrt_8_6_pins_normalization_layer(tmp_path, monkeypatch):
