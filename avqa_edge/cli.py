@@ -32,7 +32,7 @@ def _clean_errors(fn):
 @_clean_errors
 def train(
     out: Annotated[Path, typer.Option(help="Run directory to write (config.json, model.safetensors, curve.png).")] = Path("runs/default"),
-    method: Annotated[str, typer.Option(help="rmm_avr (the paper's model), baseline (complete data only) or dropout (modality dropout).")] = "rmm_avr",
+    method: Annotated[str, typer.Option(help="rmm_avr (the paper's model), baseline (complete data only), dropout (modality dropout) or prompt (prompt learning on the frozen run given by --from).")] = "rmm_avr",
     preset: Annotated[str, typer.Option(help="edge (raw signals, CPU/Jetson sized) or paper (MUSIC-AVQA features).")] = "edge",
     steps: Annotated[int, typer.Option(help="Training steps.")] = 2000,
     batch_size: Annotated[int, typer.Option(help="Questions per step.")] = 64,
@@ -52,12 +52,33 @@ def train(
     eval_every: Annotated[int, typer.Option(help="Validate every N steps.")] = 250,
     avr_finetune_frac: Annotated[float, typer.Option(help="Last fraction of steps whose pseudo terms go through the AVR sampler (costly on CPU).")] = 0.0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
+    from_run: Annotated[Optional[Path], typer.Option("--from", help="--method prompt: the finished run to adapt (it stays frozen).")] = None,
+    measure_steps: Annotated[int, typer.Option(help="--method prompt: steps of full fine-tuning and of prompt training timed in subprocesses for the cost comparison (0: skip).")] = 20,
+    prompt_len: Annotated[int, typer.Option(help="--method prompt: input-level prompt tokens per modality and case.")] = 4,
+    attn_prompt_len: Annotated[int, typer.Option(help="--method prompt: attention-level (key/value) prompt tokens per case.")] = 4,
 ):
-    """Train on the built-in benchmark (default), MUSIC-AVQA features or custom data."""
+    """Train on the built-in benchmark (default), MUSIC-AVQA features or custom data; or,
+    with --method prompt --from RUN, learn prompts for degraded sensors on a frozen run."""
     from .toolkit.config import TrainConfig, preset as make_preset
     from .toolkit.data.sources import builtin_spec
     from .toolkit.train import train as run_train
 
+    if method == "prompt" or from_run is not None:
+        if method != "prompt":
+            raise AvqaError("--from adapts a finished run with prompts: use it with --method prompt")
+        if from_run is None:
+            raise AvqaError("--method prompt needs --from RUN_DIR (the finished run whose weights stay frozen)")
+        if resume or manifest_dir or music_avqa:
+            raise AvqaError("--method prompt trains on its base run's data and does not resume: drop --resume / data options")
+        if not from_run.is_dir():
+            raise AvqaError(f"--from {from_run}: run directory not found")
+        if (out / "state.json").exists():
+            raise AvqaError(f"{out} already holds a run: choose another --out")
+        from .toolkit.prompt_train import PromptTrainConfig, train_prompts
+        pcfg = PromptTrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, eval_every=eval_every,
+                                 measure_steps=measure_steps, n_input=prompt_len, n_attn=attn_prompt_len)
+        train_prompts(out, from_run, pcfg)
+        return
     if manifest_dir and music_avqa:
         raise AvqaError("give either --manifest-dir or --music-avqa, not both")
     if music_avqa and not features:
@@ -92,10 +113,11 @@ def evaluate(
     sweep: Annotated[bool, typer.Option(help="Also run the missing-ratio sweep (paper Fig. 5) and plot it.")] = True,
     limit: Annotated[int, typer.Option(help="Score only the first N test questions (0: all).")] = 0,
     seed: Annotated[int, typer.Option(help="Seed of masks and noise.")] = 0,
+    prompt: Annotated[Optional[Path], typer.Option(help="A prompt run trained on RUN_DIR (`train --method prompt --from RUN_DIR`): adds prompt_all and prompt_oracle under every scenario.")] = None,
 ):
     """Score a run on the test split under every sensor scenario and method."""
     from .toolkit.eval import run_eval
-    run_eval(run_dir, json_path, compare or [], sweep=sweep, limit=limit, seed=seed)
+    run_eval(run_dir, json_path, compare or [], sweep=sweep, limit=limit, seed=seed, prompt=prompt)
 
 
 @app.command("write-split")
@@ -144,6 +166,7 @@ def export(
     fp32_cosine: Annotated[float, typer.Option(help="Parity: FP32 minimum cosine similarity per output.")] = 0.99999,
     fp16_agreement: Annotated[float, typer.Option(help="Parity: FP16 minimum answer agreement (0-1).")] = 0.99,
     tie_margin: Annotated[float, typer.Option(help="Parity: an FP32 answer disagreement is excused where PyTorch's top-two probabilities are within this.")] = 1e-4,
+    prompt: Annotated[Optional[Path], typer.Option(help="Also export this prompt run (trained on RUN_DIR) as two backbone graph variants, with their own parity gate.")] = None,
 ):
     """Export a run as a bundle (seven ONNX graphs + FP16 variants, calibration set, manifest)
     and run the parity gate; --trt then builds TensorRT engines on this device."""
@@ -159,6 +182,8 @@ def export(
         raise AvqaError("give RUN_DIR and --out BUNDLE (or --trt --from-bundle BUNDLE on the device)")
     if workspace_mib < 1:
         raise AvqaError("--workspace-mib must be positive")
+    if prompt is not None and not (prompt / "prompts.safetensors").is_file():
+        raise AvqaError(f"--prompt {prompt}: no prompts.safetensors there (train one with `avqa-edge train --method prompt --from {run_dir}`)")
     from rich.console import Console
 
     from .export.bundle_export import export_bundle, parity_table, summary_table
@@ -171,6 +196,13 @@ def export(
     if result.parity is not None:
         console.print(parity_table(result.parity))
         gate(result.parity, f"the bundle in {out} is marked as failed; see {out / 'parity.md'}")
+    if prompt is not None:
+        from .export.prompt_export import add_prompts_to_bundle
+        typer.echo(f"prompt graphs from {prompt}:")
+        report = add_prompts_to_bundle(out, prompt, threads=threads, exporter=exporter, thresholds=thresholds, log=typer.echo)
+        console.print(parity_table(report))
+        gate(report, f"the prompt graphs of {out}; see {out / 'parity_prompts.md'}")
+        typer.echo("prompt parity PASSED")
     if trt:
         _build_engines(out, workspace_mib, timing_cache)
 

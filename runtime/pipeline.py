@@ -12,6 +12,13 @@ The numpy counterpart of `AVQAModel.forward(batch, mask_a, mask_v, method)` at b
    steps in one graph) refines the pair, keeping the real parts;
 4. the backbone's logits -> softmax -> the answer and the top-k probabilities.
 
+Prompt methods (issue 5), when the bundle holds a prompt run's graphs (manifest `prompts`):
+absent segments stay zero (no RMM / AVR) and a backbone graph with the prompts baked in
+answers: `prompt_all` (every prompt set; the case is unknown) or `prompt_oracle` (one set:
+the `case` passed in, e.g. from a health monitor that knows a sensor is noisy; without it,
+the case the masks show: audio / visual absent -> that set, else `complete`; noise cannot be
+seen in the masks).
+
     with Pipeline.from_bundle("bundles/edge", precision="fp16") as p:
         ans = p.answer(frames, audio, "How many instruments are sounding?", mask_v=np.zeros(10))
         ans.answer, ans.top_k, ans.timings_ms
@@ -33,6 +40,8 @@ from .runners import OrtRunner, Runner
 from .text import Vocabulary
 
 METHODS = ("zero_fill", "rmm", "avr", "rmm+avr")
+PROMPT_METHODS = ("prompt_all", "prompt_oracle")
+PROMPT_COMPONENTS = ("backbone_prompt_all", "backbone_prompt_case")
 BACKENDS = ("ort", "trt")
 Question = Union[str, Sequence[int], np.ndarray]
 
@@ -74,7 +83,7 @@ class Pipeline:
     """Composes the seven component runners (see the module docstring)."""
 
     def __init__(self, runners: Dict[str, Runner], vocabulary: Sequence[str], answers: Sequence[str],
-                 model_config: Dict, name: str = "pipeline"):
+                 model_config: Dict, name: str = "pipeline", prompt_cases: Optional[Sequence[str]] = None):
         missing = [c for c in COMPONENTS if c not in runners]
         if missing:
             raise AvqaError(f"pipeline needs runners for every component; missing {missing}")
@@ -83,6 +92,7 @@ class Pipeline:
         self.answers = list(answers)
         self.cfg = dict(model_config)
         self.name = name
+        self.prompt_cases = list(prompt_cases or [])   # with runners for PROMPT_COMPONENTS: the prompt methods
         self.bundle: Optional[Bundle] = None
         self.t = int(self.cfg["t_segments"])
         self.q_len = int(self.cfg["q_len"])
@@ -117,8 +127,16 @@ class Pipeline:
                 def runner_factory(comp, b):
                     return trt.TrtRunner(b.engine_path(comp), fingerprint=b.manifest.get("fingerprint") or None)
         runners = {c: runner_factory(c, bundle) for c in COMPONENTS}
+        prompts = bundle.manifest.get("prompts") or {}
+        if prompts and (prompts.get("parity") or {}).get("passed") is False and not allow_failed_parity:
+            prompts = {}                     # their own gate failed: the prompt methods stay unavailable
+        if prompts and backend == "ort":   # no TensorRT engines for the prompt graphs yet
+            for c in PROMPT_COMPONENTS:
+                runners[c] = OrtRunner(bundle.path / prompts["components"][c]["files"][precision], threads=threads,
+                                       providers=providers, name=c)
         p = cls(runners, bundle.vocabulary, bundle.answers, bundle.model_config,
-                name=f"{backend}-{precision}" if backend == "ort" else backend)
+                name=f"{backend}-{precision}" if backend == "ort" else backend,
+                prompt_cases=prompts.get("cases") if backend == "ort" else None)
         p.bundle = bundle
         return p.activate()
 
@@ -238,13 +256,32 @@ class Pipeline:
             a, v = out["a_out"], out["v_out"]
         return a.astype(np.float32), v.astype(np.float32)
 
+    def prompt_case(self, feats: ClipFeatures, case: Optional[str] = None) -> str:
+        """The prompt set for prompt_oracle: `case` if given, else what the masks show."""
+        if case is None:
+            a_abs, v_abs = bool((feats.mask_a < 1).any()), bool((feats.mask_v < 1).any())
+            case = "both" if a_abs and v_abs else "audio" if a_abs else "visual" if v_abs else "complete"
+        if case not in self.prompt_cases:
+            raise AvqaError(f"prompt case must be one of {self.prompt_cases}, got {case!r}")
+        return case
+
     def answer_features(self, feats: ClipFeatures, question: Question, method: str = "rmm+avr",
-                        top_k: int = 3) -> Answer:
-        """Answer a question about an encoded window."""
+                        top_k: int = 3, case: Optional[str] = None) -> Answer:
+        """Answer a question about an encoded window (`case`: prompt_oracle's prompt set)."""
         timings = dict(feats.timings_ms)
         q = self._run("question", {"tokens": self.tokens(question)}, timings)["q"]          # (1, C)
-        a, v = self.fill(feats, q, method, timings)
-        logits = self._run("backbone", {"a": a, "v": v, "q": q}, timings)["logits"][0]       # (n_answers,)
+        if method in PROMPT_METHODS:
+            if not self.prompt_cases or any(c not in self.runners for c in PROMPT_COMPONENTS):
+                raise AvqaError(f"{method} needs a bundle exported with prompts (`avqa-edge export RUN --prompt PROMPT_RUN`)")
+            feed = {"a": feats.a, "v": feats.v, "q": q}                                      # absent segments: zeros
+            if method == "prompt_all":
+                logits = self._run("backbone_prompt_all", feed, timings)["logits"][0]
+            else:
+                idx = np.array([self.prompt_cases.index(self.prompt_case(feats, case))], np.int64)
+                logits = self._run("backbone_prompt_case", dict(feed, case=idx), timings)["logits"][0]
+        else:
+            a, v = self.fill(feats, q, method, timings)
+            logits = self._run("backbone", {"a": a, "v": v, "q": q}, timings)["logits"][0]   # (n_answers,)
         probs = softmax(logits)
         order = np.argsort(-probs, kind="stable")[:max(1, top_k)]
         best = int(order[0])
@@ -256,7 +293,7 @@ class Pipeline:
                       timings_ms={k: round(x, 3) for k, x in timings.items()})
 
     def answer(self, frames=None, audio=None, question: Question = "", mask_a=None, mask_v=None,
-               method: str = "rmm+avr", top_k: int = 3) -> Answer:
+               method: str = "rmm+avr", top_k: int = 3, case: Optional[str] = None) -> Answer:
         """One question about one window. A sensor given as None is absent for the whole
         window; masks (T,) mark absent segments of a sensor that is there."""
-        return self.answer_features(self.encode(frames, audio, mask_a, mask_v), question, method, top_k)
+        return self.answer_features(self.encode(frames, audio, mask_a, mask_v), question, method, top_k, case)

@@ -67,6 +67,9 @@ def load_model(run_dir, weights: str = "model.safetensors") -> Tuple[AVQAModel, 
     if not run_dir.is_dir():
         raise AvqaError(f"run directory {run_dir} not found")
     config = read_json(run_dir / "config.json")
+    if config.get("kind") == "prompt":
+        raise AvqaError(f"{run_dir} is a prompt run (issue 5): it holds prompts, not a model; use its base run "
+                        f"{(config.get('base') or {}).get('dir')} with --prompt {run_dir}")
     path = run_dir / weights
     if not path.exists():
         raise AvqaError(f"{path} not found: has `avqa-edge train --out {run_dir}` run to its first validation?")

@@ -17,7 +17,7 @@ from avqa_edge.runtime.text import Vocabulary
 from .checkpoint import load_model, read_json, write_json
 from .data.loader import SplitData
 from .data.sources import load_split
-from .evaluate import (ANSWERABLE, MISSING_SCENARIOS, NOISE_SCENARIOS, answerable_accuracy, feature_std,
+from .evaluate import (ANSWERABLE, MISSING_SCENARIOS, NOISE_SCENARIOS, UNCERTAIN, answerable_accuracy, feature_std,
                        gap_closed, markdown_table, predict, score)
 from .model.avqa import FILL_METHODS
 
@@ -50,7 +50,10 @@ def question_only_prior(train_split, test_data: SplitData, answers: List[str]) -
 
 
 def run_eval(run_dir: Path, json_path: Optional[Path], compare: List[Path], sweep: bool = True,
-             limit: int = 0, seed: int = 0, log=print) -> Dict:
+             limit: int = 0, seed: int = 0, log=print, prompt: Optional[Path] = None) -> Dict:
+    """Score `run_dir` (and the `compare` runs on the same inputs) under every scenario; with a
+    prompt run trained on it, also prompt_all / prompt_oracle everywhere and prompt_detect
+    under `uncertain`."""
     from rich.console import Console
     from rich.progress import Progress
     console = Console()
@@ -64,6 +67,10 @@ def run_eval(run_dir: Path, json_path: Optional[Path], compare: List[Path], swee
         if c["model"]["vocab"] != config["model"]["vocab"] or c["model"]["answers"] != config["model"]["answers"]:
             raise AvqaError(f"{other} has another vocabulary or answer list than {run_dir}")
         others.append((c["train"]["method"] + (f"#{len(others)}" if any(o[0] == c["train"]["method"] for o in others) else ""), m))
+    bank = None
+    if prompt is not None:
+        from .prompt_train import load_prompts
+        bank, _ = load_prompts(prompt, run_dir)
     spec = config["data"]
     log(f"loading test data ({spec['kind']}) ...")
     vocab = Vocabulary(config["model"]["vocab"])
@@ -89,6 +96,18 @@ def run_eval(run_dir: Path, json_path: Optional[Path], compare: List[Path], swee
         if model.denoiser is not None:
             jobs.append((scen, "avr", model, "avr"))
         jobs += [(scen, name, m, "none") for name, m in others]
+    # uncertain: each clip draws its condition; methods see only what is observably absent
+    jobs.append((UNCERTAIN, "zero_fill", model, "zero_fill"))
+    fill = next((m for m in ("rmm+avr", "rmm", "avr") if _applies(model, m)), None)
+    if fill:
+        jobs.append((UNCERTAIN, fill, model, fill))
+    jobs += [(UNCERTAIN, name, m, "zero_fill") for name, m in others]
+    if bank is not None:
+        scens = list(MISSING_SCENARIOS) + list(NOISE_SCENARIOS) + [UNCERTAIN]
+        jobs += [(scen, meth, model, meth) for scen in scens for meth in ("prompt_all", "prompt_oracle")]
+        jobs.append((UNCERTAIN, "prompt_detect", model, "prompt_detect"))
+        order = {scen: i for i, scen in enumerate(scens)}
+        jobs.sort(key=lambda j: order[j[0]])          # stable: each scenario's rows stay together
     if main_name != "rmm_avr":   # a baseline/dropout run evaluated on its own: name its rows
         jobs = [(s, main_name if mm is model and meth in ("zero_fill", "none") else lbl, mm, meth) for s, lbl, mm, meth in jobs]
 
@@ -101,7 +120,7 @@ def run_eval(run_dir: Path, json_path: Optional[Path], compare: List[Path], swee
         for scen, label, m, meth in jobs:
             bar.update(task, description=f"{scen} / {label}")
             qs, preds = predict(m, test, scen, meth, limit=limit, feat_std=stds[id(m)], seed=seed,
-                                progress=lambda k: bar.advance(task, k))
+                                progress=lambda k: bar.advance(task, k), prompts=bank)
             results.setdefault(scen, {})[label] = score(test, qs, preds)
     # complete: nothing is missing, so every fill method gives the same answers
     for meth in FILL_METHODS:
@@ -110,7 +129,11 @@ def run_eval(run_dir: Path, json_path: Optional[Path], compare: List[Path], swee
 
     out = {"scenarios": results, "n": n, "run": str(run_dir), "model_hash": config.get("model_hash"),
            "data": spec, "generator_version": spec.get("generator_version"), "seed": seed,
-           "feature_std_val": {"audio": std[0], "visual": std[1]}}
+           "feature_std_val": {"audio": std[0], "visual": std[1]},
+           "prompt_run": str(prompt) if prompt is not None else None,
+           "uncertain": {"conditions": ["complete", "audio_missing", "visual_missing", "audio_noisy", "visual_noisy"],
+                         "drawn": "per clip, uniformly, seed [seed, 5]",
+                         "observed": "absent = all-black frames / digital silence in a segment's raw input"}}
     out["question_only"] = question_only_prior(load_split(spec, "train"), test, answers) if not limit else None
     out["answerable"] = ANSWERABLE if spec["kind"] == "builtin" else None
     if spec["kind"] == "builtin" and main_name == "rmm_avr":
@@ -141,6 +164,10 @@ def run_eval(run_dir: Path, json_path: Optional[Path], compare: List[Path], swee
         for scen, row in out["gap_closed"].items():
             md.append(f"- {scen}: gap zero_fill -> complete closed by rmm+avr: overall "
                       f"{100 * row['overall']['overall']:.0f} %, on answerable types {100 * row['answerable_types']:.0f} %")
+    md.append(f"- {UNCERTAIN}: each clip draws complete / audio missing / visual missing / audio noisy / visual noisy "
+              "(seed fixed); no method is told which, methods that fill see only observable absence (black frames, "
+              "silence)" + ("; prompt_detect picks the prompt set from that, prompt_oracle is told the case, "
+                            "prompt_all uses every set" if bank is not None else ""))
     if out.get("addressing_entropy"):
         e = out["addressing_entropy"]
         md.append(f"- RMM addressing ({e['variant']}) entropy: audio recall {e['entropy_audio_recall']:.2f}, "

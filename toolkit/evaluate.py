@@ -5,7 +5,10 @@ is absent: its encoder is not run and nothing of it reaches the model; the relea
 noise protocol `audio_noisy` / `visual_noisy` / `both_noisy` - Gaussian noise of 0.3 / 0.7 /
 0.5 (both) times the feature's standard deviation measured on the validation split (the
 released code adds it to roughly unit-scale features), reported separately, never as
-"missing".
+"missing"; `uncertain` (issue 5) - each test clip draws one condition (complete, audio
+missing, visual missing, audio noisy, visual noisy) at random with a fixed seed, and no
+method is told which. Absence is observable: methods see the masks `observed_masks` reads
+off the raw input (black frames, digital silence), as a health monitor would. Noise is not.
 """
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -17,7 +20,10 @@ from .data.types import QUESTION_TYPES
 
 MISSING_SCENARIOS = ("complete", "audio_missing", "visual_missing")
 NOISE_SCENARIOS = {"audio_noisy": (0.3, 0.0), "visual_noisy": (0.0, 0.7), "both_noisy": (0.5, 0.5)}
-SCENARIOS = MISSING_SCENARIOS + tuple(NOISE_SCENARIOS)
+UNCERTAIN = "uncertain"
+UNCERTAIN_CONDITIONS = ("complete", "audio_missing", "visual_missing", "audio_noisy", "visual_noisy")
+SCENARIOS = MISSING_SCENARIOS + tuple(NOISE_SCENARIOS) + (UNCERTAIN,)
+PROMPT_METHODS = ("prompt_all", "prompt_oracle", "prompt_detect")
 
 # The question types the remaining sensor can in principle answer on the built-in benchmark.
 ANSWERABLE = {
@@ -47,10 +53,27 @@ SHORT = {"Audio/Counting": ("Audio", "Cnt"), "Audio/Comparative": ("Audio", "Com
          "Audio-Visual/Temporal": ("AV", "Temp")}
 
 
+def scenario_conditions(scenario: str, n_clips: int, seed: int = 0) -> np.ndarray:
+    """The condition of each clip (n_clips,) str: the scenario itself, or under `uncertain` one
+    of UNCERTAIN_CONDITIONS drawn per clip (its questions share it) from a fixed seed."""
+    if scenario == UNCERTAIN:
+        rng = np.random.default_rng([seed, 5])
+        return np.array(UNCERTAIN_CONDITIONS)[rng.integers(0, len(UNCERTAIN_CONDITIONS), n_clips)]
+    if scenario not in SCENARIOS:
+        raise ValueError(f"unknown scenario {scenario!r}")
+    return np.full(n_clips, scenario)
+
+
 def scenario_masks(scenario: str, n_clips: int, t: int, ratio: float = 1.0, seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
     """Per-clip masks (n_clips, T), 1 = present. `ratio` of segments absent for the missing
-    sensor (the Fig. 5 sweep), chosen at random per clip with a fixed seed."""
+    sensor (the Fig. 5 sweep), chosen at random per clip with a fixed seed. `uncertain`: the
+    whole sensor is absent in the clips whose condition says it is missing."""
     ma, mv = np.ones((n_clips, t), np.float32), np.ones((n_clips, t), np.float32)
+    if scenario == UNCERTAIN:
+        cond = scenario_conditions(scenario, n_clips, seed)
+        ma[cond == "audio_missing"] = 0
+        mv[cond == "visual_missing"] = 0
+        return ma, mv
     if scenario in ("audio_missing", "visual_missing"):
         k = int(round(ratio * t))
         rng = np.random.default_rng(seed)
@@ -64,33 +87,103 @@ def scenario_masks(scenario: str, n_clips: int, t: int, ratio: float = 1.0, seed
     return ma, mv
 
 
+def observed_masks(batch: Dict[str, torch.Tensor], t: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-clip masks (U, T) read off the raw input alone, as a health monitor would: a segment
+    is absent when its frames are all black / its audio is digital silence (a cached log-mel
+    equal to log(LOG_EPS) everywhere) / its features are all zero. Real signals on the built-in
+    benchmark are never exactly zero (background, noise floor)."""
+    import math
+
+    from avqa_edge.runtime.signal import LOG_EPS
+    if "frames" in batch:
+        u = batch["frames"].shape[0]
+        mv = batch["frames"].reshape(u, t, -1).ne(0).any(-1)
+    else:
+        u = batch["visual_feat"].shape[0]
+        mv = batch["visual_feat"].reshape(u, t, -1).ne(0).any(-1)
+    if "mel" in batch:
+        ma = batch["mel"].reshape(u, t, -1).ne(math.log(LOG_EPS)).any(-1)
+    elif "audio" in batch:
+        ma = batch["audio"].reshape(u, t, -1).ne(0).any(-1)
+    else:
+        ma = batch["audio_feat"].reshape(u, t, -1).ne(0).any(-1)
+    return ma.float(), mv.float()
+
+
+def detected_cases(mask_a: torch.Tensor, mask_v: torch.Tensor) -> List[str]:
+    """The prompt case a health monitor would choose from observed absence, per question:
+    audio / visual when that sensor has absent segments, both when both do, else complete
+    (noise is not observable, so a noisy sensor gets the complete set)."""
+    out = []
+    for a_abs, v_abs in zip((mask_a < 1).any(1).tolist(), (mask_v < 1).any(1).tolist()):
+        out.append("both" if a_abs and v_abs else "audio" if a_abs else "visual" if v_abs else "complete")
+    return out
+
+
 @torch.no_grad()
 def predict(model, data: SplitData, scenario: str, method: str, batch_size: int = 128, limit: int = 0,
             ratio: float = 1.0, feat_std: Optional[Tuple[float, float]] = None, seed: int = 0,
-            progress: Optional[Callable[[int], None]] = None) -> Tuple[np.ndarray, np.ndarray]:
+            progress: Optional[Callable[[int], None]] = None, prompts=None) -> Tuple[np.ndarray, np.ndarray]:
     """-> (question indices, predicted answer ids). Methods: zero_fill, rmm, avr, rmm+avr;
-    in noise scenarios `none` (the model as is) or `avr` (the whole noisy pair through AVR)."""
+    in noise scenarios `none` (the model as is) or `avr` (the whole noisy pair through AVR);
+    with a PromptBank `prompts`, in every scenario: prompt_all (every set, case unknown),
+    prompt_oracle (the set of the true case), prompt_detect (the set a health monitor picks
+    from observed absence), all on zero-filled features.
+
+    `uncertain`: the failing sensor's raw input is blanked and methods get the masks read off
+    it (`observed_masks`), never the drawn condition (except prompt_oracle, by definition)."""
     model.eval()
+    if method in PROMPT_METHODS and prompts is None:
+        raise ValueError(f"{method} needs a prompt bank")
     n_clips = len(data.questions_of)
-    ma_all, mv_all = scenario_masks(scenario, n_clips, model.cfg.t_segments, ratio, seed)
+    t = model.cfg.t_segments
+    ma_all, mv_all = scenario_masks(scenario, n_clips, t, ratio, seed)
     ma_all, mv_all = torch.from_numpy(ma_all), torch.from_numpy(mv_all)
+    cond = scenario_conditions(scenario, n_clips, seed)
+    noise = np.array([NOISE_SCENARIOS.get(c, (0.0, 0.0)) for c in cond], np.float32).reshape(n_clips, 2)
     qs, preds = [], []
     for bi, qidx in enumerate(data.ordered_batches(batch_size, limit)):
         batch = data.batch(qidx)
         clips = data.clip[batch["questions"]].unique()
-        f, ma, mv = model.encode(batch, ma_all[clips], mv_all[clips])
-        if scenario in NOISE_SCENARIOS:
-            sa, sv = NOISE_SCENARIOS[scenario]
-            gen = torch.Generator().manual_seed(seed * 100003 + bi)
-            std_a, std_v = feat_std or (1.0, 1.0)
-            a = f.a + sa * std_a * torch.randn(f.a.shape, generator=gen)
-            v = f.v + sv * std_v * torch.randn(f.v.shape, generator=gen)
-            if method == "avr" and model.denoiser is not None:
-                zero = torch.zeros_like(ma)
-                a, v = model.enhance(a, v, zero, zero)
+        qclip = batch.get("clip_index", torch.arange(len(qidx)))
+        if scenario == UNCERTAIN:
+            from .model.avqa import _blank
+            batch = _blank(_blank(batch, "audio", ma_all[clips]), "visual", mv_all[clips])   # the sensor fails
+            f, ma, mv = model.encode(batch, *observed_masks(batch, t))
+            sa, sv = (torch.from_numpy(noise[clips.numpy(), i])[qclip] for i in (0, 1))          # (B,) per question
+            if bool((sa > 0).any() or (sv > 0).any()):
+                gen = torch.Generator().manual_seed(seed * 100003 + bi)
+                std_a, std_v = feat_std or (1.0, 1.0)
+                f.a = f.a + (sa * std_a)[:, None, None] * torch.randn(f.a.shape, generator=gen)
+                f.v = f.v + (sv * std_v)[:, None, None, None, None] * torch.randn(f.v.shape, generator=gen)
+            a, v = (f.a, f.v) if method in PROMPT_METHODS else model.fill(f, ma, mv, method)
         else:
-            a, v = model.fill(f, ma, mv, method)
-        preds.append(model.backbone(a, v, f.q).argmax(-1).numpy())
+            f, ma, mv = model.encode(batch, ma_all[clips], mv_all[clips])
+            if scenario in NOISE_SCENARIOS:
+                sa, sv = NOISE_SCENARIOS[scenario]
+                gen = torch.Generator().manual_seed(seed * 100003 + bi)
+                std_a, std_v = feat_std or (1.0, 1.0)
+                a = f.a + sa * std_a * torch.randn(f.a.shape, generator=gen)
+                v = f.v + sv * std_v * torch.randn(f.v.shape, generator=gen)
+                if method == "avr" and model.denoiser is not None:
+                    zero = torch.zeros_like(ma)
+                    a, v = model.enhance(a, v, zero, zero)
+            elif method in PROMPT_METHODS:
+                a, v = f.a, f.v                                    # zero_fill: absent segments are zeros
+            else:
+                a, v = model.fill(f, ma, mv, method)
+        if method in PROMPT_METHODS:
+            from .model.prompts import CONDITION_CASE, prompted_logits
+            if method == "prompt_all":
+                sel = prompts.concat_all(a.shape[0])
+            elif method == "prompt_oracle":
+                sel = prompts.select(prompts.case_index([CONDITION_CASE[c] for c in cond[clips.numpy()][qclip.numpy()]]))
+            else:
+                sel = prompts.select(prompts.case_index(detected_cases(ma, mv)))
+            logits = prompted_logits(model.backbone, a, v, f.q, sel)
+        else:
+            logits = model.backbone(a, v, f.q)
+        preds.append(logits.argmax(-1).numpy())
         qs.append(batch["questions"].numpy())
         if progress:
             progress(len(qidx))

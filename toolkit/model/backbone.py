@@ -12,7 +12,7 @@
 AVST's tanh(fused) * q fusion stalls for hundreds of steps on the built-in benchmark; the
 fusion here adds fused, q and fused * q.
 """
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
@@ -100,8 +100,14 @@ class Backbone(nn.Module):
         self.head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, n_answers))
 
     def forward(self, a: torch.Tensor, v: torch.Tensor, q: torch.Tensor,
-                prefix_kv: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """a (B, T, C), v (B, T, C, H', W'), q (B, C) -> answer logits (B, n_answers)."""
+                prefix_kv: Optional[torch.Tensor] = None,
+                prompts: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
+        """a (B, T, C), v (B, T, C, H', W'), q (B, C) -> answer logits (B, n_answers).
+
+        Issue 5's prompts: `prompts` = (audio prompt tokens (B, P, C), visual prompt tokens
+        (B, P, C)), each concatenated with its modality's T segment tokens before the
+        audio<->visual block(s) and dropped after them; `prefix_kv` (B, Pk, C) is prepended to
+        the block's keys and values. Both None: the model as trained, unchanged."""
         b, t, c = a.shape
         vt = v.flatten(3).transpose(2, 3) + self.pos_hw                     # (B, T, H'W', C)
         keys = vt.reshape(b * t, -1, c)                                       # (B*T, H'W', C)
@@ -109,8 +115,14 @@ class Backbone(nn.Module):
         by_question = self.ground_q(q[:, None, None].expand(-1, t, -1, -1).reshape(b * t, 1, c), keys).reshape(b, t, c)
         vis = self.ground_mix(torch.cat([by_audio, by_question, vt.mean(dim=2)], dim=-1))  # (B, T, C)
         tokens = torch.cat([a + self.pos_t + self.type_av[0], vis + self.pos_t + self.type_av[1]], dim=1)  # (B, 2T, C)
+        if prompts is not None:
+            pa, pv = prompts
+            p = pa.shape[1]
+            tokens = torch.cat([tokens[:, :t], pa, tokens[:, t:], pv], dim=1)   # (B, 2T+2P, C)
         for blk in self.blocks:
             tokens = blk(tokens, prefix_kv)
+        if prompts is not None:
+            tokens = torch.cat([tokens[:, :t], tokens[:, t + p:2 * t + p]], dim=1)  # (B, 2T, C): prompts dropped
         a_s, v_s = tokens[:, :t], tokens[:, t:]                               # (B, T, C) each
         a_q = self.temporal_a(q, a_s)                                         # (B, C)
         v_q = self.temporal_v(q, v_s)
