@@ -1,4 +1,243 @@
-"""`avqa-edge serve` (and `calibrate`): torch-free live serving (issue 4)."""
-from .cli import _planned
+"""`avqa-edge serve`, `calibrate` and `faults`: torch-free live serving (issue 4).
 
-_planned("serve", 4, "torch-free live serving with per-sensor health and fallback")
+Nothing here imports torch or the training code: the serving path is numpy, ONNX Runtime
+(or TensorRT), OpenCV, sounddevice / soundfile and FastAPI, each imported where needed.
+"""
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from typing_extensions import Annotated
+
+from .cli import _clean_errors, app
+from .errors import AvqaError
+
+
+def _err(msg: str) -> None:
+    typer.echo(msg, err=True)
+
+
+def _summary(body: dict, t: float) -> str:
+    """One answer as two readable lines."""
+    s, seg = body["sensors"], body["segments"]
+    sensors = (f"camera {s['camera']['state']} ({seg['real']['camera']}/{seg['total']} real), "
+               f"mic {s['mic']['state']} ({seg['real']['mic']}/{seg['total']} real)")
+    if body["answer"] is None:
+        return f"[{t:7.2f}s] {body['question']!r} -> no answer, mode none: {body['message']}"
+    if seg["covered"] < seg["total"]:
+        sensors += f" (warming up: {seg['covered']} of {seg['total']} s recorded)"
+    top = ", ".join(f"{x['answer']} {x['probability']:.0%}" for x in body["top_k"])
+    return (f"[{t:7.2f}s] {body['question']!r} -> {body['answer']} (confidence {body['confidence']:.0%}, "
+            f"mode {body['mode']}, {body['latency_ms']:.0f} ms)\n           {sensors}; top: {top}")
+
+
+@app.command()
+@_clean_errors
+def serve(
+    bundle: Annotated[Path, typer.Argument(help="An exported bundle (avqa-edge export).")],
+    camera: Annotated[str, typer.Option(help="demo, none, a device index (0), a video file or a stream URL (rtsp://...).")] = "demo",
+    mic: Annotated[str, typer.Option(help="demo, none, default, a device index or name (sounddevice), or a sound file (WAV).")] = "demo",
+    demo: Annotated[bool, typer.Option("--demo", help="Both sensors from the demo source (the bundle's calibration clips, replayed in real time).")] = False,
+    backend: Annotated[str, typer.Option(help="auto (TensorRT where the bundle has engines and TensorRT imports), trt or ort.")] = "auto",
+    precision: Annotated[str, typer.Option(help="ONNX Runtime graphs: fp32 or fp16.")] = "fp32",
+    threads: Annotated[int, typer.Option(help="ONNX Runtime threads (0: its default).")] = 0,
+    host: Annotated[str, typer.Option(help="Address to bind; anything but loopback needs --token.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0: any free port, printed at start).")] = 8000,
+    token: Annotated[Optional[str], typer.Option(envvar="AVQA_EDGE_TOKEN", help="Bearer token clients must send (env AVQA_EDGE_TOKEN).")] = None,
+    ask: Annotated[Optional[str], typer.Option(help="Answer this question once the window is recorded, print it and exit (no HTTP server).")] = None,
+    every: Annotated[float, typer.Option(help="With --ask: ask again every this many seconds until --duration.")] = 0.0,
+    stdin: Annotated[bool, typer.Option("--stdin", help="Answer each line read from stdin (no HTTP server).")] = False,
+    inject: Annotated[Optional[str], typer.Option(help="Failure injection, e.g. camera:off@15s,mic:silence@25s-30s (kinds: off, hang, freeze, black, saturate, noise, nan; silence, clip, flat).")] = None,
+    duration: Annotated[Optional[float], typer.Option(help="Stop after this many seconds.")] = None,
+    warmup: Annotated[float, typer.Option(help="Answer once this many seconds of the 10-second window are recorded (earlier segments count as absent).")] = 10.0,
+    thresholds: Annotated[Optional[Path], typer.Option(help="Health thresholds from `avqa-edge calibrate` (default: fitted on the bundle's calibration set).")] = None,
+    confidence: Annotated[Optional[Path], typer.Option(help="Per-mode confidence calibration JSON (default: BUNDLE.confidence.json next to the bundle, fitted if missing).")] = None,
+    top_k: Annotated[int, typer.Option(help="Answers listed with their probabilities.")] = 3,
+    json_out: Annotated[bool, typer.Option("--json", help="With --ask / --stdin: print each answer as one JSON line.")] = False,
+    max_body: Annotated[int, typer.Option(help="HTTP request body limit, bytes.")] = 16384,
+):
+    """Answer questions about the live camera and microphone, and keep answering when one
+    fails: HTTP API + web page, or --ask / --stdin in the terminal."""
+    from .runtime.server import is_loopback, run_server
+    from .runtime.service import ServeConfig, build_service
+
+    if demo:
+        if camera not in ("demo",) or mic not in ("demo",):
+            raise AvqaError("--demo replays the demo source on both sensors: drop --camera / --mic")
+        camera = mic = "demo"
+    if ask is not None and stdin:
+        raise AvqaError("give --ask or --stdin, not both")
+    if every < 0 or (every and ask is None):
+        raise AvqaError("--every needs --ask and a positive number of seconds")
+    if duration is not None and duration <= 0:
+        raise AvqaError("--duration must be positive")
+    if not 1 <= top_k <= 10:
+        raise AvqaError("--top-k must lie in [1, 10]")
+    if ask is None and not stdin and not is_loopback(host) and not token:
+        raise AvqaError(f"--host {host} exposes the server beyond this machine: give --token (or AVQA_EDGE_TOKEN)")
+    if max_body < 256:
+        raise AvqaError("--max-body must be at least 256 bytes")
+    cfg = ServeConfig(camera=camera, mic=mic, backend=backend, precision=precision, threads=threads, inject=inject or "",
+                      thresholds=str(thresholds) if thresholds else None,
+                      confidence=str(confidence) if confidence else None, warmup_s=warmup, top_k=top_k)
+    svc = build_service(bundle, cfg, log=_err)
+    _err(f"serving {bundle} with {svc.pipeline.name}; camera: {svc.links['camera'].description}; "
+         f"mic: {svc.links['mic'].description}" + (f"; injecting {', '.join(map(str, svc.faults))}" if svc.faults else ""))
+    try:
+        if ask is not None or stdin:
+            svc.start()
+            _terminal(svc, ask, every, duration, json_out)
+        else:
+            def ready(server):
+                sock = server.servers[0].sockets[0].getsockname() if server.servers else (host, port)
+                _err(f"listening on http://{host}:{sock[1]}/ (web page), POST /ask, GET /readyz /metrics"
+                     + (" (Bearer token required)" if token else ""))
+            run_server(svc, host=host, port=port, token=token, max_body=max_body, duration_s=duration, ready_cb=ready)
+    finally:
+        svc.stop()
+
+
+def _terminal(svc, ask: Optional[str], every: float, duration: Optional[float], json_out: bool) -> None:
+    from .runtime.service import NotReady
+
+    def answer(q: str) -> None:
+        try:
+            body = svc.ask(q)
+        except AvqaError as e:
+            _err(f"error: {e}")
+            return
+        except NotReady as e:
+            _err(f"not ready: {e}")
+            return
+        typer.echo(json.dumps(body) if json_out else _summary(body, svc.elapsed()))
+        sys.stdout.flush()
+
+    if svc.window.elapsed_segments(svc.clock.now()) < svc.warmup_segments:
+        _err(f"recording the window: answers in about {svc.warmup_segments - svc.elapsed():.0f} s ...")
+    if ask is not None:
+        svc.check_question(ask)                                     # a bad question fails now, clearly
+    if not svc.wait_ready(svc.warmup_segments + 60.0):
+        raise AvqaError("the window was not recorded in time")
+    if ask is not None:
+        answer(ask)
+        while every and (duration is None or svc.elapsed() + every <= duration):
+            time.sleep(max(0.0, every - 0.001))
+            answer(ask)
+        if duration is not None and svc.elapsed() < duration and every:
+            time.sleep(duration - svc.elapsed())
+        return
+    stop = threading.Event()
+    if duration is not None:
+        threading.Timer(max(0.0, duration - svc.elapsed()), stop.set).start()
+    for line in sys.stdin:
+        if stop.is_set():
+            break
+        q = line.rstrip("\n")
+        if q.strip():
+            answer(q)
+
+
+@app.command()
+@_clean_errors
+def calibrate(
+    out: Annotated[Path, typer.Option(help="Thresholds JSON to write (then: avqa-edge serve ... --thresholds FILE).")],
+    camera: Annotated[str, typer.Option(help="The camera to calibrate (device index, video file, URL), or none.")] = "none",
+    mic: Annotated[str, typer.Option(help="The microphone (default, index, name, sound file), or none.")] = "none",
+    seconds: Annotated[float, typer.Option(help="Length of the healthy recording.")] = 30.0,
+    bundle: Annotated[Optional[Path], typer.Option(help="A bundle: sensors not recorded keep thresholds fitted on its calibration set (else built-in defaults).")] = None,
+):
+    """Fit the sensor health thresholds on a short healthy recording from this device
+    (real noise floors, light levels and frame rates differ from the built-in clips)."""
+    from .calibration.thresholds import check_against, fit_from_calibset, fit_from_recording, record_device
+    from .runtime.clock import RealClock
+    from .runtime.health import HealthThresholds, dbfs
+    from .runtime.sources import camera_factory, mic_factory
+
+    if camera == "none" and mic == "none":
+        raise AvqaError("give --camera and/or --mic to record")
+    if "demo" in (camera, mic):
+        raise AvqaError("calibrate records a real device; the demo source's thresholds come from the bundle already")
+    if not 2 <= seconds <= 3600:
+        raise AvqaError("--seconds must lie in [2, 3600]")
+    base = HealthThresholds()
+    if bundle is not None:
+        from .calibration.calibset import CalibrationSet
+        cs = CalibrationSet.load(bundle / "calibration")
+        base = fit_from_calibset(cs.frames, cs.audio)
+    clock = RealClock()
+    cam_f, mic_f = camera_factory(camera, clock), mic_factory(mic, clock)
+    _err(f"recording {seconds:g} s of a healthy scene (keep it ordinary: quiet moments and stillness are fine) ...")
+    frames, chunks = record_device(cam_f() if cam_f else None, mic_f() if mic_f else None, seconds, clock, log=_err)
+    th = fit_from_recording(frames, chunks, base, source=f"camera {camera}, mic {mic}, {seconds:g} s")
+    th.save(out)
+    flagged = check_against(th, frames, chunks)
+    c, m = th.camera, th.mic
+    typer.echo(f"wrote {out}")
+    if frames:
+        typer.echo(f"  camera: black below luma {c.black_luma:.1f}, saturated above {c.saturated_frac:.0%}, snow above "
+                   f"roughness {c.noise_roughness:.2f}, frozen at difference <= {c.freeze_diff:.2f}"
+                   + ("" if c.freeze_content else " (content check off: the recording had identical frames)")
+                   + f", stall after {c.stall_s:.1f} s; {flagged['camera']} of {len(frames)} recorded frames flagged")
+    if chunks:
+        typer.echo(f"  mic: silence below {m.silence_level:.5f} ({dbfs(m.silence_level):.0f} dBFS), "
+                   f"clipping above {m.clip_frac:.1%}, noise at level >= {m.noise_level:.3f}, stall after {m.stall_s:.1f} s; "
+                   f"{flagged['mic']} of {len(chunks)} recorded chunks flagged")
+
+
+@app.command()
+@_clean_errors
+def faults(
+    bundle: Annotated[Path, typer.Argument(help="A bundle: its calibration clips are the demo source.")],
+    healthy_seconds: Annotated[float, typer.Option(help="Healthy replay for the false-alarm count.")] = 600.0,
+    fault_seconds: Annotated[float, typer.Option(help="How long each injected fault lasts.")] = 3.0,
+    trials: Annotated[int, typer.Option(help="Runs per fault kind (start shifted by 0.13 s each).")] = 4,
+    kind: Annotated[Optional[List[str]], typer.Option(help="Only these, e.g. camera:off (repeatable). Default: every kind.")] = None,
+    realtime: Annotated[bool, typer.Option("--realtime", help="Live threads on the wall clock (all trials at once) instead of the simulated clock.")] = False,
+    holdout: Annotated[bool, typer.Option(help="Fit thresholds on the even clips, replay the odd ones.")] = True,
+    thresholds: Annotated[Optional[Path], typer.Option(help="Use these thresholds instead of fitting.")] = None,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the full report here.")] = None,
+):
+    """Fault benchmark: inject every failure kind into the demo source, report time to
+    detect (goal <= 1 s) and to recover per kind, and false alarms over a healthy replay."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .calibration.calibset import CalibrationSet
+    from .runtime import faultbench as FB
+    from .runtime.health import HealthThresholds
+    from .runtime.inject import parse_faults
+
+    if trials < 1 or fault_seconds <= 0 or healthy_seconds < 0:
+        raise AvqaError("--trials must be >= 1, --fault-seconds > 0, --healthy-seconds >= 0")
+    if realtime and healthy_seconds > 0:
+        _err(f"note: the realtime healthy replay takes {healthy_seconds:g} s of wall time")
+    kinds = None
+    if kind:
+        kinds = [(f.sensor, f.kind) for f in parse_faults(",".join(f"{k}@0" for k in kind))]
+    cs = CalibrationSet.load(Path(bundle) / "calibration")
+    th = HealthThresholds.load(thresholds) if thresholds else None
+    report = FB.run(cs.frames, cs.audio, th, kinds=kinds, trials=trials, fault_s=fault_seconds,
+                    healthy_s=healthy_seconds, holdout=holdout, realtime=realtime, log=_err)
+    table = Table(title=f"fault injection ({report.clock} clock, {trials} trials per kind, faults of {fault_seconds:g} s)")
+    for col in ("sensor", "kind", "detected", "median s", "max s", "recovered", "max s", "false alarms", "<= 1 s",
+                "reason"):
+        table.add_column(col, no_wrap=col == "reason", overflow="ellipsis")
+    for row in FB.table_rows(report):
+        table.add_row(*row)
+    Console(width=None if sys.stdout.isatty() else 130).print(table)
+    typer.echo("detected / median s / max s: time to detect (failed state) after the fault starts; "
+               "recovered / max s: back to ok after it ends")
+    if report.healthy is not None:
+        h = report.healthy
+        typer.echo(f"healthy replay of {h.seconds:g} s ({'held-out' if report.clips['holdout'] else 'fitted'} clips "
+                   f"{report.clips['replayed'][:8]}{'...' if len(report.clips['replayed']) > 8 else ''}): "
+                   f"{h.failed} false alarms (failed), {h.degraded} degraded episodes")
+        for r in h.reasons[:10]:
+            typer.echo(f"  {r}")
+    if json_path is not None:
+        json_path.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        typer.echo(f"wrote {json_path}")

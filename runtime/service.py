@@ -1,0 +1,418 @@
+"""The serving core: sensors + health + window + the pipeline, and the fallback between them.
+
+Every answer is about the last T complete one-second segments. Per segment, a sensor is
+real if it delivered valid data then (see runtime/window.py); the pipeline gets those
+masks, so a sensor that failed in the middle of the window only loses the segments it
+missed. The mode names what the answer rests on:
+
+    complete       every segment real for both sensors: the normal path
+    visual_pseudo  camera segments missing: pseudo visual features recalled by RMM from the
+                   audio and the question for those segments, the pair refined by AVR
+    audio_pseudo   the same for microphone segments
+    none           both sensors failed (or nothing real in the window): no answer, never a guess
+
+(If both sensors lost some segments, the mode names the one that lost more; ties go to a
+failed sensor.) Each answer carries its mode, each sensor's state and reason, the real
+segments per sensor, a confidence calibrated for its mode (calibration/confidence.py),
+latency and the time span it covers.
+
+    svc = build_service("bundles/edge", ServeConfig(camera="demo", mic="demo", inject="camera:off@15s"))
+    svc.start(); svc.wait_ready(30)
+    svc.ask("How many instruments are sounding?")   # -> dict (see `Service.ask`)
+    svc.stop()
+"""
+import math
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from avqa_edge.errors import AvqaError
+
+from . import signal as sig
+from .clock import RealClock
+from .health import SENSORS, CameraChecker, HealthMonitor, HealthThresholds, MicChecker, Transition, dbfs
+from .inject import FaultSchedule, FaultySource, parse_faults
+from .sensors import SensorLink, Sensors
+from .sources import DemoReel, camera_factory, mic_factory
+from .text import tokenize
+from .window import Window, WindowData, masks_text
+
+MODES = ("complete", "audio_pseudo", "visual_pseudo", "none")
+T = sig.T_SEGMENTS
+MAX_QUESTION_CHARS = 500
+
+
+class NotReady(Exception):
+    """The service cannot answer yet (warming up); HTTP 503."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+@dataclass
+class ServeConfig:
+    camera: str = "demo"                 # demo | none | device index | video file | stream URL
+    mic: str = "demo"                    # demo | none | default | device index or name | sound file
+    backend: str = "auto"                # auto | trt | ort
+    precision: str = "fp32"              # ONNX Runtime graphs: fp32 | fp16
+    threads: int = 0                     # ONNX Runtime intra-op threads (0: its default)
+    inject: str = ""                     # e.g. "camera:off@15s,mic:silence@25s-30s"
+    thresholds: Optional[str] = None     # health thresholds JSON (default: fitted on the calibration set)
+    confidence: Optional[str] = None     # confidence calibration JSON (default: next to the bundle, fitted if absent)
+    warmup_s: float = float(T)           # answer once this much of the window is recorded
+    top_k: int = 3
+    workers: int = 1                     # concurrent inferences
+    max_question_chars: int = MAX_QUESTION_CHARS
+    demo_clips: Optional[List[int]] = None
+
+
+def decide_mode(real_a: int, real_v: int, covered: int, camera_state: str, mic_state: str) -> str:
+    """The answer's mode from the real segments per sensor and the current states."""
+    cam_failed, mic_failed = camera_state == "failed", mic_state == "failed"
+    if (cam_failed and mic_failed) or (real_a == 0 and real_v == 0):
+        return "none"
+    miss_a, miss_v = covered - real_a, covered - real_v
+    if miss_a <= 0 and miss_v <= 0:
+        return "complete"
+    if miss_v != miss_a:
+        return "visual_pseudo" if miss_v > miss_a else "audio_pseudo"
+    return "audio_pseudo" if mic_failed and not cam_failed else "visual_pseudo"
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, tz=timezone.utc).isoformat(timespec="milliseconds")
+
+
+class Service:
+    """Owns the running sensors and answers questions about the current window."""
+
+    def __init__(self, pipeline, window: Window, links: Dict[str, SensorLink], sensors: Sensors, confidence,
+                 thresholds: HealthThresholds, clock, t0: float, cfg: ServeConfig,
+                 log: Callable[[str], None] = lambda *_: None, faults=()):
+        self.pipeline, self.window, self.links, self.sensors = pipeline, window, links, sensors
+        self.confidence, self.thresholds, self.clock, self.t0, self.cfg = confidence, thresholds, clock, t0, cfg
+        self.log, self.faults = log, list(faults)
+        self.reel = None                               # the demo reel and fault schedules follow t0 (start())
+        self.schedules: List[FaultSchedule] = []
+        self.metrics = None
+        self.warmup_segments = int(min(T, max(1, math.ceil(cfg.warmup_s))))
+        self._sem = threading.Semaphore(max(1, cfg.workers))
+        self._cache_lock = threading.Lock()
+        self._cache: Tuple[Optional[tuple], object] = (None, None)
+        self.answers = 0
+        self.started = False
+        self.data_started = False
+        self.startup_timeout_s = 5.0                   # a sensor slower than this to open counts as missing
+        window.set_data_start(float("inf"))            # nothing is covered until the sensors deliver
+        for link in links.values():
+            link.monitor.on_change = self._on_transition
+
+    # -- lifetime --------------------------------------------------------------------------------
+    def _set_origin(self, t0: float) -> None:
+        """Put the segment grid, the demo reel, the fault schedule and the monitors' clocks at t0."""
+        self.t0 = t0
+        self.window.t0 = self.window.audio.t0 = t0
+        if self.reel is not None:
+            self.reel.start = t0
+        for sch in self.schedules:
+            sch.t0 = t0
+        for link in self.links.values():
+            m = link.monitor
+            m.t_start = m.state_since = m.last_bad = t0
+            link.next_open = t0
+
+    def start(self) -> "Service":
+        """Start the sensors; the segment grid (and the --inject times) start now."""
+        if not self.started:
+            self._set_origin(self.clock.now() + 0.05)
+            self.sensors.on_tick = self._on_tick
+            self.sensors.start()
+            self.started = True
+        return self
+
+    def stop(self) -> None:
+        if self.started:
+            self.sensors.stop()
+            self.started = False
+        self.pipeline.close()
+
+    def __enter__(self) -> "Service":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _on_transition(self, sensor: str, tr: Transition) -> None:
+        if tr.new == "failed":
+            self.window.invalidate(sensor, tr.onset)          # drop what arrived since the problem began
+        if self.metrics is not None:
+            self.metrics.transition(sensor, tr.new)
+        self.log(f"[{tr.t - self.t0:7.2f}s] {sensor}: {tr.old} -> {tr.new}" + (f" ({tr.reason})" if tr.reason else ""))
+
+    def _on_tick(self, now: float) -> None:
+        if not self.data_started:
+            started = all(link.factory is None or link.monitor.last_item is not None or link.monitor.state == "failed"
+                          for link in self.links.values())
+            if started or now - self.t0 > self.startup_timeout_s:
+                self.window.set_data_start(now)           # the first covered segment starts after this
+                self.data_started = True
+        if self.metrics is not None:
+            self.metrics.update(self.status(now, window=False))
+
+    # -- state -----------------------------------------------------------------------------------
+    def elapsed(self, now: Optional[float] = None) -> float:
+        return (self.clock.now() if now is None else now) - self.t0
+
+    def sensor_states(self, now: Optional[float] = None) -> Dict[str, Dict]:
+        now = self.clock.now() if now is None else now
+        out = {}
+        for name, link in self.links.items():
+            info = link.monitor.snapshot(now)
+            info.update(link.stats())
+            out[name] = info
+        return out
+
+    def readiness(self, now: Optional[float] = None) -> Tuple[bool, str]:
+        now = self.clock.now() if now is None else now
+        done = self.window.elapsed_segments(now)
+        if done < self.warmup_segments:
+            return False, f"warming up: {done} of {self.warmup_segments} s of the window recorded"
+        states = [link.monitor.state for link in self.links.values()]
+        if all(s == "failed" for s in states):
+            return False, "no sensor available: every sensor has failed"
+        return True, "degraded" if any(s != "ok" for s in states) else "ok"
+
+    def wait_ready(self, timeout_s: float, stop: Optional[threading.Event] = None) -> bool:
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            if self.window.elapsed_segments(self.clock.now()) >= self.warmup_segments:
+                return True
+            if stop is not None and stop.wait(0.05):
+                return False
+            time.sleep(0.05)
+        return False
+
+    def status(self, now: Optional[float] = None, window: bool = True) -> Dict:
+        """Sensors, levels and (with `window`) the current window's masks and prospective mode."""
+        now = self.clock.now() if now is None else now
+        sensors = self.sensor_states(now)
+        latest = self.window.video.latest
+        out: Dict = {"uptime_s": round(now - self.t0, 2), "sensors": sensors,
+                     "frame_age_s": None if latest is None else round(now - latest[0], 3),
+                     "audio_level_dbfs": round(dbfs(self.window.audio.level), 1) if self.window.audio.head else None,
+                     "faults": [str(f) for f in self.faults], "answers": self.answers}
+        if window:
+            win = self.window.snapshot(now)
+            real = {"camera": int(win.mask_v.sum()), "mic": int(win.mask_a.sum())}
+            for s in SENSORS:
+                sensors[s]["real_segments"] = real[s]
+            out["window"] = {"camera": masks_text(win.mask_v), "mic": masks_text(win.mask_a), "covered": win.covered,
+                             "t": T}
+            out["mode"] = decide_mode(real["mic"], real["camera"], win.covered, sensors["camera"]["state"],
+                                      sensors["mic"]["state"])
+            ready, why = self.readiness(now)
+            out["ready"], out["readiness"] = ready, why
+        return out
+
+    # -- answering ---------------------------------------------------------------------------------
+    def check_question(self, question) -> np.ndarray:
+        """AvqaError for unusable questions; -> (1, L) token ids."""
+        if not isinstance(question, str):
+            raise AvqaError("the question must be a string")
+        if len(question) > self.cfg.max_question_chars:
+            raise AvqaError(f"the question has {len(question)} characters; at most {self.cfg.max_question_chars}")
+        if any(ord(ch) < 32 and ch not in "\t\n\r" for ch in question):
+            raise AvqaError("the question contains control characters")
+        if question.strip() and not tokenize(question):
+            raise AvqaError("the question has no words (only punctuation or symbols)")
+        return self.pipeline.tokens(question)
+
+    def _features(self, win: WindowData):
+        key = (win.k_end, win.mask_a.tobytes(), win.mask_v.tobytes(), win.version)
+        with self._cache_lock:
+            if self._cache[0] == key:
+                return self._cache[1], True
+            feats = self.pipeline.encode(win.frames, win.audio, win.mask_a, win.mask_v)
+            self._cache = (key, feats)
+            return feats, False
+
+    def ask(self, question, top_k: Optional[int] = None) -> Dict:
+        """Answer a question about the last T seconds. Raises AvqaError (bad question) or
+        NotReady (warming up); sensor failures are never errors: they change the mode."""
+        t_req = time.perf_counter()
+        tokens = self.check_question(question)
+        k = self.cfg.top_k if top_k is None else int(top_k)
+        if not 1 <= k <= 10:
+            raise AvqaError("top_k must lie in [1, 10]")
+        now = self.clock.now()
+        done = self.window.elapsed_segments(now)
+        if done < self.warmup_segments:
+            raise NotReady(f"warming up: {done} of {self.warmup_segments} s of the window recorded",
+                           retry_after_s=self.warmup_segments - done)
+        win = self.window.snapshot(now)
+        sensors = self.sensor_states(now)
+        real = {"camera": int(win.mask_v.sum()), "mic": int(win.mask_a.sum())}
+        for s in SENSORS:
+            sensors[s]["real_segments"] = real[s]
+        mode = decide_mode(real["mic"], real["camera"], win.covered, sensors["camera"]["state"], sensors["mic"]["state"])
+        body: Dict = {"question": question, "mode": mode, "sensors": sensors,
+                      "segments": {"total": T, "covered": win.covered, "camera": masks_text(win.mask_v),
+                                   "mic": masks_text(win.mask_a), "real": real},
+                      "span": {"start": _iso(self.clock.wall(win.t_start)), "end": _iso(self.clock.wall(win.t_end)),
+                               "seconds": T, "end_age_s": round(now - win.t_end, 3),
+                               "start_s": round(win.t_start - self.t0, 3), "end_s": round(win.t_end - self.t0, 3)}}
+        if win.covered < T:
+            body["warming_up"] = True
+        if mode == "none":
+            failed = [f"{s} {sensors[s]['state']} ({sensors[s]['reason']})" for s in SENSORS]
+            body.update(answer=None, confidence=0.0, top_k=[], calibration=self.confidence.describe("none"),
+                        message="no sensor available: " + "; ".join(failed) + ". Not answering rather than guessing.")
+        else:
+            with self._sem:
+                feats, cached = self._features(win)
+                ans = self.pipeline.answer_features(feats, tokens, method="rmm+avr", top_k=k)
+            conf, probs = self.confidence.confidence(ans.logits, mode)
+            order = np.argsort(-probs, kind="stable")[:k]
+            body.update(answer=ans.answer, confidence=round(conf, 4),
+                        top_k=[{"answer": self.pipeline.answers[int(i)], "probability": round(float(probs[i]), 4),
+                                "raw_probability": round(float(p), 4)}
+                               for i, p in zip(order, _softmax(ans.logits)[order])],
+                        calibration=self.confidence.describe(mode), timings_ms=ans.timings_ms, encode_cached=cached,
+                        message=self._note(mode, real, win.covered))
+        latency = time.perf_counter() - t_req
+        body["latency_ms"] = round(latency * 1e3, 2)
+        self.answers += 1
+        if self.metrics is not None:
+            self.metrics.answer(mode, latency)
+        return body
+
+    def _note(self, mode: str, real: Dict[str, int], covered: int) -> str:
+        if mode == "complete":
+            return "both sensors real for the whole window"
+        lost, other = ("camera", "microphone") if mode == "visual_pseudo" else ("microphone", "camera")
+        n_lost = covered - real["camera" if mode == "visual_pseudo" else "mic"]
+        acc = self.confidence.describe(mode).get("calibration_accuracy")
+        acc_c = self.confidence.describe("complete").get("calibration_accuracy")
+        tail = (f"; expect lower accuracy (calibration set: {acc:.0%} in this mode, {acc_c:.0%} complete)"
+                if acc is not None and acc_c is not None else "")
+        return (f"{lost} missing in {n_lost} of {covered} segments: recalled from the {other} and the question "
+                f"(RMM) and refined (AVR){tail}")
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.asarray(logits, np.float64)
+    e = np.exp(z - z.max())
+    return e / e.sum()
+
+
+# ---- building a service -------------------------------------------------------------------------
+
+def open_pipeline(bundle_dir, backend: str = "auto", precision: str = "fp32", threads: int = 0):
+    """Pipeline.from_bundle with `auto`: TensorRT where the bundle has engines and TensorRT
+    imports, else ONNX Runtime."""
+    from .bundle import read_manifest
+    from .pipeline import Pipeline
+    if backend not in ("auto", "trt", "ort"):
+        raise AvqaError(f"--backend must be auto, trt or ort, got {backend!r}")
+    if backend == "auto":
+        backend = "ort"
+        if read_manifest(bundle_dir).get("engines"):
+            try:
+                import tensorrt  # noqa: F401
+                backend = "trt"
+            except ImportError:
+                pass
+    return Pipeline.from_bundle(bundle_dir, backend=backend, precision=precision, threads=threads)
+
+
+def default_confidence_path(bundle_dir) -> Path:
+    """<bundle>.confidence.json next to the bundle directory (the bundle itself stays as exported)."""
+    b = Path(bundle_dir).resolve()
+    return b.parent / f"{b.name}.confidence.json"
+
+
+def load_confidence(pipeline, calib, path: Optional[str], bundle_dir, log: Callable[[str], None]):
+    """The confidence calibration: from `path`; else the cached file next to the bundle if it
+    matches this bundle; else fitted now (and cached there if writable)."""
+    from avqa_edge.calibration import confidence as C
+    manifest = pipeline.bundle.manifest if pipeline.bundle is not None else {}
+    if path:
+        cal = C.ConfidenceCalibration.load(path)
+        if cal.bundle_hash and cal.bundle_hash != C.bundle_hash(manifest):
+            raise AvqaError(f"{path} was fitted for another bundle: delete it or pass the matching file")
+        return cal
+    cache = default_confidence_path(bundle_dir)
+    if cache.is_file():
+        try:
+            cal = C.ConfidenceCalibration.load(cache)
+            if cal.bundle_hash == C.bundle_hash(manifest):
+                return cal
+        except AvqaError:
+            pass
+    t = time.perf_counter()
+    log("fitting the per-mode confidence calibration on the bundle's calibration set ...")
+    cal = C.fit(pipeline, calib, manifest)
+    log(f"  done in {time.perf_counter() - t:.1f} s: "
+        + ", ".join(f"{m} T={c.temperature:.2f} acc={c.accuracy:.0%}" for m, c in cal.modes.items()))
+    try:
+        cal.save(cache)
+        log(f"  saved {cache}")
+    except OSError:
+        pass
+    return cal
+
+
+def build_service(bundle_dir, cfg: ServeConfig, log: Callable[[str], None] = lambda *_: None, clock=None) -> Service:
+    """Check the options, load the bundle, thresholds and calibration, wire the sensors."""
+    from avqa_edge.calibration.calibset import CalibrationSet
+    from avqa_edge.calibration.thresholds import fit_from_calibset
+
+    faults = parse_faults(cfg.inject)                                  # user errors first, before any loading
+    if cfg.precision not in ("fp32", "fp16"):
+        raise AvqaError(f"--precision must be fp32 or fp16, got {cfg.precision!r}")
+    if cfg.warmup_s <= 0:
+        raise AvqaError("--warmup must be positive")
+    if cfg.camera == "none" and cfg.mic == "none":
+        raise AvqaError("give at least one sensor: --camera and --mic are both 'none'")
+    from .bundle import read_manifest
+    read_manifest(bundle_dir)                                          # a clear error for a wrong path
+    clock = clock or RealClock()
+    calib = CalibrationSet.load(Path(bundle_dir) / "calibration")
+    reel = DemoReel(calib.frames, calib.audio, start=0.0, clips=cfg.demo_clips)   # started below
+    factories = {"camera": camera_factory(cfg.camera, clock, reel), "mic": mic_factory(cfg.mic, clock, reel)}
+    thresholds = HealthThresholds.load(cfg.thresholds) if cfg.thresholds else fit_from_calibset(calib.frames, calib.audio)
+    pipeline = open_pipeline(bundle_dir, cfg.backend, cfg.precision, cfg.threads)
+    try:
+        confidence = load_confidence(pipeline, calib, cfg.confidence, bundle_dir, log)
+    except BaseException:
+        pipeline.close()
+        raise
+    t0 = clock.now() + 0.05                                            # provisional: Service.start() resets it
+    reel.start = t0
+    window = Window(t0)
+    links: Dict[str, SensorLink] = {}
+    schedules: List[FaultSchedule] = []
+    for sensor in SENSORS:
+        factory = factories[sensor]
+        if factory is not None and any(f.sensor == sensor for f in faults):
+            schedule = FaultSchedule(sensor, faults, clock, t0)
+            schedules.append(schedule)
+            factory = (lambda inner, sch: (lambda: FaultySource(inner(), sch)))(factory, schedule)
+        th = thresholds.camera if sensor == "camera" else thresholds.mic
+        monitor = HealthMonitor(sensor, thresholds.timing, th.stall_s, clock,
+                                what="frames" if sensor == "camera" else "audio")
+        checker = CameraChecker(thresholds.camera) if sensor == "camera" else MicChecker(thresholds.mic)
+        links[sensor] = SensorLink(sensor, factory, checker, monitor, window, clock)
+        if factory is None:
+            monitor.fail(f"not configured (--{sensor} none)")
+    hang_s = max(2.0, 2 * max(thresholds.camera.stall_s, thresholds.mic.stall_s))
+    sensors = Sensors(links, clock, hang_s=hang_s)
+    svc = Service(pipeline, window, links, sensors, confidence, thresholds, clock, t0, cfg, log, faults)
+    svc.reel, svc.schedules = reel, schedules
+    return svc
