@@ -272,8 +272,10 @@ def torch_logits(model, calib: CalibrationSet, scenario: str, batch_size: int = 
     return np.concatenate(out)
 
 
-def pipeline_logits(pipe: Pipeline, calib: CalibrationSet, scenario: str, method: str = "rmm+avr") -> np.ndarray:
-    """(Q, n_answers) logits of the pipeline, one question at a time, each window encoded once."""
+def pipeline_logits(pipe: Pipeline, calib: CalibrationSet, scenario: str, method: str = "rmm+avr",
+                    case: Optional[str] = None) -> np.ndarray:
+    """(Q, n_answers) logits of the pipeline, one question at a time, each window encoded once
+    (`case`: prompt_oracle's prompt set)."""
     ma_all, mv_all = _masks(scenario, calib.n_clips, pipe.t)
     out = np.zeros((calib.n_questions, len(pipe.answers)), np.float32)
     for clip, qs in enumerate(calib.questions_of_clip()):
@@ -281,7 +283,7 @@ def pipeline_logits(pipe: Pipeline, calib: CalibrationSet, scenario: str, method
             continue
         feats = pipe.encode(calib.frames[clip], calib.audio[clip], ma_all[clip], mv_all[clip])
         for qi in qs:
-            out[qi] = pipe.answer_features(feats, calib.tokens[qi], method).logits
+            out[qi] = pipe.answer_features(feats, calib.tokens[qi], method, case=case).logits
     return out
 
 

@@ -196,16 +196,7 @@ def run_prompt_parity(model, bank: PromptBank, graphs: Dict[str, Dict[str, Path]
 def pipeline_logits(pipe: Pipeline, calib: CalibrationSet, scenario: str, method: str) -> np.ndarray:
     """The pipeline's prompt path; prompt_oracle is told the case (the scenario's), as at
     serve time when the health monitor names the failed sensor."""
-    ma_all, mv_all = P._masks(scenario, calib.n_clips, pipe.t)
-    case = CONDITION_CASE[P.SCENARIOS[scenario][0]]
-    out = np.zeros((calib.n_questions, len(pipe.answers)), np.float32)
-    for clip, qs in enumerate(calib.questions_of_clip()):
-        if not qs:
-            continue
-        feats = pipe.encode(calib.frames[clip], calib.audio[clip], ma_all[clip], mv_all[clip])
-        for qi in qs:
-            out[qi] = pipe.answer_features(feats, calib.tokens[qi], method, case=case).logits
-    return out
+    return P.pipeline_logits(pipe, calib, scenario, method, case=CONDITION_CASE[P.SCENARIOS[scenario][0]])
 
 
 # ---- into a bundle -----------------------------------------------------------------------------------
