@@ -31,8 +31,9 @@ def _summary(body: dict, t: float) -> str:
     if seg["covered"] < seg["total"]:
         sensors += f" (warming up: {seg['covered']} of {seg['total']} s recorded)"
     top = ", ".join(f"{x['answer']} {x['probability']:.0%}" for x in body["top_k"])
+    prompt = f", prompt set {body['prompt_set']}" if body.get("prompt_set") else ""
     return (f"[{t:7.2f}s] {body['question']!r} -> {body['answer']} (confidence {body['confidence']:.0%}, "
-            f"mode {body['mode']}, {body['latency_ms']:.0f} ms)\n           {sensors}; top: {top}")
+            f"mode {body['mode']}{prompt}, {body['latency_ms']:.0f} ms)\n           {sensors}; top: {top}")
 
 
 @app.command()
@@ -45,6 +46,7 @@ def serve(
     backend: Annotated[str, typer.Option(help="auto (TensorRT where the bundle has engines and TensorRT imports), trt or ort.")] = "auto",
     precision: Annotated[str, typer.Option(help="ONNX Runtime graphs: fp32 or fp16.")] = "fp32",
     threads: Annotated[int, typer.Option(help="ONNX Runtime threads (0: its default).")] = 0,
+    method: Annotated[str, typer.Option(help="auto (prompt where the bundle has prompt graphs, else rmm+avr), rmm+avr, or prompt (the prompt set chosen by sensor health; needs a bundle exported with --prompt).")] = "auto",
     host: Annotated[str, typer.Option(help="Address to bind; anything but loopback needs --token.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port (0: any free port, printed at start).")] = 8000,
     token: Annotated[Optional[str], typer.Option(envvar="AVQA_EDGE_TOKEN", help="Bearer token clients must send (env AVQA_EDGE_TOKEN).")] = None,
@@ -81,11 +83,11 @@ def serve(
         raise AvqaError(f"--host {host} exposes the server beyond this machine: give --token (or AVQA_EDGE_TOKEN)")
     if max_body < 256:
         raise AvqaError("--max-body must be at least 256 bytes")
-    cfg = ServeConfig(camera=camera, mic=mic, backend=backend, precision=precision, threads=threads, inject=inject or "",
-                      thresholds=str(thresholds) if thresholds else None,
+    cfg = ServeConfig(camera=camera, mic=mic, backend=backend, precision=precision, threads=threads, method=method,
+                      inject=inject or "", thresholds=str(thresholds) if thresholds else None,
                       confidence=str(confidence) if confidence else None, warmup_s=warmup, top_k=top_k)
     svc = build_service(bundle, cfg, log=_err)
-    _err(f"serving {bundle} with {svc.pipeline.name}; camera: {svc.links['camera'].description}; "
+    _err(f"serving {bundle} with {svc.pipeline.name}, method {svc.method_text()}; camera: {svc.links['camera'].description}; "
          f"mic: {svc.links['mic'].description}" + (f"; injecting {', '.join(map(str, svc.faults))}" if svc.faults else ""))
     try:
         if ask is not None or stdin:

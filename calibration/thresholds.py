@@ -18,7 +18,7 @@ scene well inside, and each fault signature well outside):
                      identical (compressed streams of a static scene), content freeze
                      detection is off and frozen streams are caught by stalled device
                      timestamps and stalls only
-    stall_s          2 * the largest gap between items      (clamped to [1, 5] s)
+    stall_s          the largest gap between items + 0.35 s (clamped to [0.85, 5] s)
     silence_level    0.3 * min level (AC RMS)               (clamped to [3e-5, 0.05])
     clip_frac        2 * max clipped fraction + 0.005       (clamped to [0.01, 0.5])
     noise_level      4 * the largest level among noise-like chunks (flatness >= 0.3)
@@ -65,7 +65,7 @@ def fit_camera(summary: Dict[str, float], max_gap_s: float) -> CameraThresholds:
         noise_roughness=(rough + 0.5 * (UNIFORM_NOISE_ROUGHNESS - rough)) if rough < 1.05 else float("inf"),
         freeze_diff=0.25 * min_diff if content else 0.0,
         freeze_content=content,
-        stall_s=_clamp(2 * max_gap_s, 1.0, 5.0))
+        stall_s=_clamp(max_gap_s + 0.35, 0.85, 5.0))
 
 
 def mic_summary(chunks: Sequence[np.ndarray]) -> Dict[str, float]:
@@ -88,7 +88,7 @@ def fit_mic(summary: Dict[str, float], max_gap_s: float) -> MicThresholds:
         clip_frac=_clamp(2 * summary["max_clip"] + 0.005, 0.01, 0.5),
         noise_flatness=NOISE_LIKE_FLATNESS,
         noise_level=_clamp(4 * noise_ref, 0.02, 0.5),
-        stall_s=_clamp(2 * max_gap_s, 1.0, 5.0))
+        stall_s=_clamp(max_gap_s + 0.35, 0.85, 5.0))
 
 
 def fit_from_calibset(frames: np.ndarray, audio: np.ndarray, clips: Optional[Sequence[int]] = None,

@@ -57,7 +57,7 @@ class CameraThresholds:
     noise_roughness: float = 0.95     # roughness above: snow (uniform noise gives ~1.15)
     freeze_diff: float = 0.5          # mean |frame difference| (0-255) at or below: frozen
     freeze_content: bool = True       # False: rely on device timestamps only (see calibrate)
-    stall_s: float = 1.0              # no good frame for this long: failed
+    stall_s: float = 0.85             # no good frame for this long: failed
 
 
 @dataclass
@@ -66,7 +66,7 @@ class MicThresholds:
     clip_frac: float = 0.05           # fraction of clipped samples above: clipping
     noise_flatness: float = 0.3       # spectral flatness at or above ...
     noise_level: float = 0.05         # ... with a level at or above: broadband noise
-    stall_s: float = 1.0              # no good chunk for this long: failed
+    stall_s: float = 0.85             # no good chunk for this long: failed
 
 
 @dataclass

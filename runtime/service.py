@@ -12,9 +12,18 @@ missed. The mode names what the answer rests on:
     none           both sensors failed (or nothing real in the window): no answer, never a guess
 
 (If both sensors lost some segments, the mode names the one that lost more; ties go to a
-failed sensor.) Each answer carries its mode, each sensor's state and reason, the real
-segments per sensor, a confidence calibrated for its mode (calibration/confidence.py),
-latency and the time span it covers.
+failed sensor.)
+
+The method (`ServeConfig.method`): `rmm+avr` as above, or `prompt` (issue 5, a bundle
+exported with `--prompt`): absent segments stay zero-filled and the backbone answers with
+the prompt set the mode names (MODE_CASE: complete -> `complete`, visual_pseudo -> `visual`,
+audio_pseudo -> `audio`; `prompt_oracle` told the case by the health state). A mode whose
+set the bundle lacks falls back to rmm+avr for that answer, and says so. `auto` serves
+prompts where the bundle has usable prompt graphs.
+
+Each answer carries its mode, its method (and prompt set), each sensor's state and reason,
+the real segments per sensor, a confidence calibrated for its method and mode
+(calibration/confidence.py), latency and the time span it covers.
 
     svc = build_service("bundles/edge", ServeConfig(camera="demo", mic="demo", inject="camera:off@15s"))
     svc.start(); svc.wait_ready(30)
@@ -27,10 +36,11 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from avqa_edge.calibration.confidence import MODE_CASE
 from avqa_edge.errors import AvqaError
 
 from . import signal as sig
@@ -43,6 +53,8 @@ from .text import tokenize
 from .window import Window, WindowData, masks_text
 
 MODES = ("complete", "audio_pseudo", "visual_pseudo", "none")
+SERVE_METHODS = ("auto", "rmm+avr", "prompt")
+PROMPT_FIX = "avqa-edge export RUN --out BUNDLE --prompt PROMPT_RUN"
 T = sig.T_SEGMENTS
 MAX_QUESTION_CHARS = 500
 
@@ -60,6 +72,7 @@ class ServeConfig:
     camera: str = "demo"                 # demo | none | device index | video file | stream URL
     mic: str = "demo"                    # demo | none | default | device index or name | sound file
     backend: str = "auto"                # auto | trt | ort
+    method: str = "auto"                 # auto (prompt where the bundle has prompt graphs) | rmm+avr | prompt
     precision: str = "fp32"              # ONNX Runtime graphs: fp32 | fp16
     threads: int = 0                     # ONNX Runtime intra-op threads (0: its default)
     inject: str = ""                     # e.g. "camera:off@15s,mic:silence@25s-30s"
@@ -85,6 +98,43 @@ def decide_mode(real_a: int, real_v: int, covered: int, camera_state: str, mic_s
     return "audio_pseudo" if mic_failed and not cam_failed else "visual_pseudo"
 
 
+def prompt_support(pipeline) -> Tuple[bool, str]:
+    """(whether the pipeline can answer with prompt sets, why not)."""
+    from .pipeline import PROMPT_COMPONENTS
+    if pipeline.prompt_cases and all(c in pipeline.runners for c in PROMPT_COMPONENTS):
+        return True, ""
+    prompts = (pipeline.bundle.manifest.get("prompts") if pipeline.bundle is not None else None) or {}
+    if not prompts:
+        return False, f"the bundle has no prompt graphs: export it with them (`{PROMPT_FIX}`)"
+    if (prompts.get("parity") or {}).get("passed") is False:
+        return False, (f"the bundle's prompt graphs failed their parity gate (parity_prompts.md): re-export them "
+                       f"(`{PROMPT_FIX}`)")
+    if not pipeline.name.startswith("ort"):
+        return False, "the prompt graphs run on ONNX Runtime only (no TensorRT engines for them yet): use --backend ort"
+    return False, "the bundle's prompt graphs are not loaded"
+
+
+def resolve_method(pipeline, requested: str) -> str:
+    """`auto` / `rmm+avr` / `prompt` -> the method served: "prompt" or "rmm+avr"."""
+    if requested not in SERVE_METHODS:
+        raise AvqaError(f"--method must be one of {', '.join(SERVE_METHODS)}, got {requested!r}")
+    ok, why = prompt_support(pipeline)
+    if requested == "auto":
+        return "prompt" if ok else "rmm+avr"
+    if requested == "prompt" and not ok:
+        raise AvqaError(f"--method prompt: {why}; or serve with --method rmm+avr")
+    return requested
+
+
+def confidence_methods(pipeline, method: str) -> List[str]:
+    """The pipeline methods whose logits the served answers can come from: rmm+avr, or
+    prompt_oracle (+ rmm+avr where a mode's prompt set is missing from the bundle)."""
+    if method != "prompt":
+        return ["rmm+avr"]
+    missing = [m for m, case in MODE_CASE.items() if case not in pipeline.prompt_cases]
+    return ["prompt_oracle"] + (["rmm+avr"] if missing else [])
+
+
 def _iso(t: float) -> str:
     return datetime.fromtimestamp(t, tz=timezone.utc).isoformat(timespec="milliseconds")
 
@@ -94,8 +144,11 @@ class Service:
 
     def __init__(self, pipeline, window: Window, links: Dict[str, SensorLink], sensors: Sensors, confidence,
                  thresholds: HealthThresholds, clock, t0: float, cfg: ServeConfig,
-                 log: Callable[[str], None] = lambda *_: None, faults=()):
+                 log: Callable[[str], None] = lambda *_: None, faults=(), method: str = "rmm+avr"):
+        if method not in ("rmm+avr", "prompt"):
+            raise AvqaError(f"the service answers with rmm+avr or prompt, got {method!r}")
         self.pipeline, self.window, self.links, self.sensors = pipeline, window, links, sensors
+        self.method = method                           # resolved: "rmm+avr" | "prompt" (see resolve_method)
         self.confidence, self.thresholds, self.clock, self.t0, self.cfg = confidence, thresholds, clock, t0, cfg
         self.log, self.faults = log, list(faults)
         self.reel = None                               # the demo reel and fault schedules follow t0 (start())
@@ -203,7 +256,7 @@ class Service:
         now = self.clock.now() if now is None else now
         sensors = self.sensor_states(now)
         latest = self.window.video.latest
-        out: Dict = {"uptime_s": round(now - self.t0, 2), "sensors": sensors,
+        out: Dict = {"uptime_s": round(now - self.t0, 2), "method": self.method, "sensors": sensors,
                      "frame_age_s": None if latest is None else round(now - latest[0], 3),
                      "audio_level_dbfs": round(dbfs(self.window.audio.level), 1) if self.window.audio.head else None,
                      "faults": [str(f) for f in self.faults], "answers": self.answers}
@@ -269,22 +322,26 @@ class Service:
                                "start_s": round(win.t_start - self.t0, 3), "end_s": round(win.t_end - self.t0, 3)}}
         if win.covered < T:
             body["warming_up"] = True
+        method, case, fallback = self.plan(mode)
+        body["method"] = method
+        if case is not None:
+            body["prompt_set"] = case
         if mode == "none":
             failed = [f"{s} {sensors[s]['state']} ({sensors[s]['reason']})" for s in SENSORS]
-            body.update(answer=None, confidence=0.0, top_k=[], calibration=self.confidence.describe("none"),
+            body.update(answer=None, confidence=0.0, top_k=[], calibration=self.confidence.describe("none", method),
                         message="no sensor available: " + "; ".join(failed) + ". Not answering rather than guessing.")
         else:
             with self._sem:
                 feats, cached = self._features(win)
-                ans = self.pipeline.answer_features(feats, tokens, method="rmm+avr", top_k=k)
-            conf, probs = self.confidence.confidence(ans.logits, mode)
+                ans = self.pipeline.answer_features(feats, tokens, method=method, top_k=k, case=case)
+            conf, probs = self.confidence.confidence(ans.logits, mode, method)
             order = np.argsort(-probs, kind="stable")[:k]
             body.update(answer=ans.answer, confidence=round(conf, 4),
                         top_k=[{"answer": self.pipeline.answers[int(i)], "probability": round(float(probs[i]), 4),
                                 "raw_probability": round(float(p), 4)}
                                for i, p in zip(order, _softmax(ans.logits)[order])],
-                        calibration=self.confidence.describe(mode), timings_ms=ans.timings_ms, encode_cached=cached,
-                        message=self._note(mode, real, win.covered))
+                        calibration=self.confidence.describe(mode, method), timings_ms=ans.timings_ms,
+                        encode_cached=cached, message=self._note(mode, real, win.covered, method, case) + fallback)
         latency = time.perf_counter() - t_req
         body["latency_ms"] = round(latency * 1e3, 2)
         self.answers += 1
@@ -292,17 +349,39 @@ class Service:
             self.metrics.answer(mode, latency)
         return body
 
-    def _note(self, mode: str, real: Dict[str, int], covered: int) -> str:
+    def plan(self, mode: str) -> Tuple[str, Optional[str], str]:
+        """How an answer in `mode` is made: (pipeline method, prompt set or None, a note for
+        the answer when the prompt method had to fall back to rmm+avr)."""
+        if self.method != "prompt":
+            return "rmm+avr", None, ""
+        if mode == "none":
+            return "prompt_oracle", None, ""                           # no model call at all
+        case = MODE_CASE[mode]
+        if case in self.pipeline.prompt_cases:
+            return "prompt_oracle", case, ""
+        return "rmm+avr", None, (f". The bundle has no {case!r} prompt set (its sets: "
+                                 f"{', '.join(self.pipeline.prompt_cases)}), so this answer used RMM + AVR instead")
+
+    def method_text(self) -> str:
+        if self.method != "prompt":
+            return "rmm+avr"
+        return (f"prompt sets chosen by sensor health (bundle sets: {', '.join(self.pipeline.prompt_cases)}; "
+                "complete / visual_pseudo / audio_pseudo -> complete / visual / audio)")
+
+    def _note(self, mode: str, real: Dict[str, int], covered: int, method: str = "rmm+avr",
+              case: Optional[str] = None) -> str:
+        prompt = f"answered with the {case!r} prompt set" if method == "prompt_oracle" else ""
         if mode == "complete":
-            return "both sensors real for the whole window"
+            return "both sensors real for the whole window" + (f"; {prompt}" if prompt else "")
         lost, other = ("camera", "microphone") if mode == "visual_pseudo" else ("microphone", "camera")
         n_lost = covered - real["camera" if mode == "visual_pseudo" else "mic"]
-        acc = self.confidence.describe(mode).get("calibration_accuracy")
-        acc_c = self.confidence.describe("complete").get("calibration_accuracy")
+        acc = self.confidence.describe(mode, method).get("calibration_accuracy")
+        acc_c = self.confidence.describe("complete", method).get("calibration_accuracy")
         tail = (f"; expect lower accuracy (calibration set: {acc:.0%} in this mode, {acc_c:.0%} complete)"
                 if acc is not None and acc_c is not None else "")
-        return (f"{lost} missing in {n_lost} of {covered} segments: recalled from the {other} and the question "
-                f"(RMM) and refined (AVR){tail}")
+        how = (f"zero-filled and {prompt} (prompt learning)" if prompt else
+               f"recalled from the {other} and the question (RMM) and refined (AVR)")
+        return f"{lost} missing in {n_lost} of {covered} segments: {how}{tail}"
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -337,29 +416,45 @@ def default_confidence_path(bundle_dir) -> Path:
     return b.parent / f"{b.name}.confidence.json"
 
 
-def load_confidence(pipeline, calib, path: Optional[str], bundle_dir, log: Callable[[str], None]):
-    """The confidence calibration: from `path`; else the cached file next to the bundle if it
-    matches this bundle; else fitted now (and cached there if writable)."""
+def load_confidence(pipeline, calib, path: Optional[str], bundle_dir, log: Callable[[str], None],
+                    methods: Sequence[str] = ("rmm+avr",)):
+    """The confidence calibration for `methods` (pipeline methods, each in the modes it
+    answers in): from `path` (refused if it lacks one); else the cached file next to the
+    bundle if it matches this bundle, with the methods it lacks fitted now and added; else
+    fitted now. Cached next to the bundle when writable."""
     from avqa_edge.calibration import confidence as C
     manifest = pipeline.bundle.manifest if pipeline.bundle is not None else {}
+    needs = {m: C.modes_for(m, pipeline.prompt_cases) for m in methods}
     if path:
         cal = C.ConfidenceCalibration.load(path)
         if cal.bundle_hash and cal.bundle_hash != C.bundle_hash(manifest):
             raise AvqaError(f"{path} was fitted for another bundle: delete it or pass the matching file")
+        missing = cal.missing(needs)
+        if missing:
+            raise AvqaError(f"{path} has no confidence calibration for {', '.join(missing)} (it holds "
+                            f"{', '.join(sorted(cal.methods)) or 'nothing'}; files written before the prompt method "
+                            "was served hold rmm+avr only): drop --confidence to fit it at startup, or serve with "
+                            "--method rmm+avr")
         return cal
     cache = default_confidence_path(bundle_dir)
+    cal = None
     if cache.is_file():
         try:
             cal = C.ConfidenceCalibration.load(cache)
-            if cal.bundle_hash == C.bundle_hash(manifest):
-                return cal
+            if cal.bundle_hash != C.bundle_hash(manifest):
+                cal = None
         except AvqaError:
-            pass
+            cal = None
+    todo = [m for m in methods if cal is None or cal.missing({m: needs[m]})]
+    if not todo:
+        return cal
     t = time.perf_counter()
-    log("fitting the per-mode confidence calibration on the bundle's calibration set ...")
-    cal = C.fit(pipeline, calib, manifest)
+    log(f"fitting the per-mode confidence calibration ({', '.join(todo)}) on the bundle's calibration set ...")
+    new = C.fit(pipeline, calib, manifest, methods=todo)
     log(f"  done in {time.perf_counter() - t:.1f} s: "
-        + ", ".join(f"{m} T={c.temperature:.2f} acc={c.accuracy:.0%}" for m, c in cal.modes.items()))
+        + ", ".join(f"{meth} {m} T={c.temperature:.2f} acc={c.accuracy:.0%}"
+                    for meth, modes in new.methods.items() for m, c in modes.items()))
+    cal = new if cal is None else cal.merged(new)
     try:
         cal.save(cache)
         log(f"  saved {cache}")
@@ -376,6 +471,8 @@ def build_service(bundle_dir, cfg: ServeConfig, log: Callable[[str], None] = lam
     faults = parse_faults(cfg.inject)                                  # user errors first, before any loading
     if cfg.precision not in ("fp32", "fp16"):
         raise AvqaError(f"--precision must be fp32 or fp16, got {cfg.precision!r}")
+    if cfg.method not in SERVE_METHODS:
+        raise AvqaError(f"--method must be one of {', '.join(SERVE_METHODS)}, got {cfg.method!r}")
     if cfg.warmup_s <= 0:
         raise AvqaError("--warmup must be positive")
     if cfg.camera == "none" and cfg.mic == "none":
@@ -389,7 +486,12 @@ def build_service(bundle_dir, cfg: ServeConfig, log: Callable[[str], None] = lam
     thresholds = HealthThresholds.load(cfg.thresholds) if cfg.thresholds else fit_from_calibset(calib.frames, calib.audio)
     pipeline = open_pipeline(bundle_dir, cfg.backend, cfg.precision, cfg.threads)
     try:
-        confidence = load_confidence(pipeline, calib, cfg.confidence, bundle_dir, log)
+        method = resolve_method(pipeline, cfg.method)
+        has_prompts = bool(pipeline.bundle is not None and pipeline.bundle.manifest.get("prompts"))
+        if cfg.method == "auto" and method == "rmm+avr" and has_prompts:
+            log(f"note: not serving the bundle's prompt sets: {prompt_support(pipeline)[1]}")
+        confidence = load_confidence(pipeline, calib, cfg.confidence, bundle_dir, log,
+                                     methods=confidence_methods(pipeline, method))
     except BaseException:
         pipeline.close()
         raise
@@ -413,6 +515,6 @@ def build_service(bundle_dir, cfg: ServeConfig, log: Callable[[str], None] = lam
             monitor.fail(f"not configured (--{sensor} none)")
     hang_s = max(2.0, 2 * max(thresholds.camera.stall_s, thresholds.mic.stall_s))
     sensors = Sensors(links, clock, hang_s=hang_s)
-    svc = Service(pipeline, window, links, sensors, confidence, thresholds, clock, t0, cfg, log, faults)
+    svc = Service(pipeline, window, links, sensors, confidence, thresholds, clock, t0, cfg, log, faults, method=method)
     svc.reel, svc.schedules = reel, schedules
     return svc

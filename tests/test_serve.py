@@ -46,7 +46,8 @@ NO_TORCH = (
     "    print('imported-training-code:', bad, file=sys.stderr, flush=True)\n"
 )
 FAIL_AT = 12          # s after the start: the injected failures (late enough for a slow, loaded start)
-ANSWER_KEYS = {"question", "answer", "confidence", "top_k", "mode", "sensors", "segments", "span", "latency_ms", "message"}
+ANSWER_KEYS = {"question", "answer", "confidence", "top_k", "mode", "method", "sensors", "segments", "span", "latency_ms",
+               "message"}
 
 
 @pytest.fixture(scope="module")
@@ -250,6 +251,7 @@ def test_demo_failover_end_to_end_with_load(servers, question, tmp_path):
     assert before["mode"] == "complete" and before["sensors"]["camera"]["state"] == "ok"
     assert before["answer"] == before["top_k"][0]["answer"] and 0 < before["confidence"] <= 1
     assert before["calibration"]["mode"] == "complete" and before["segments"]["real"]["camera"] >= 1
+    assert before["method"] == "rmm+avr" and "prompt_set" not in before      # auto: this bundle has no prompts
 
     load_s = max(8.0, FAIL_AT + 5.0 - b.uptime())          # across B's failure, at least 5 s after it
     load = subprocess.Popen([sys.executable, "-c", LOAD_CLIENT, str(b.port), "sekrit", "20", str(load_s), question],
