@@ -34,7 +34,7 @@ def train(
     out: Annotated[Path, typer.Option(help="Run directory to write (config.json, model.safetensors, curve.png).")] = Path("runs/default"),
     method: Annotated[str, typer.Option(help="rmm_avr (the paper's model), baseline (complete data only), dropout (modality dropout) or prompt (prompt learning on the frozen run given by --from).")] = "rmm_avr",
     preset: Annotated[str, typer.Option(help="edge (raw signals, CPU/Jetson sized) or paper (MUSIC-AVQA features).")] = "edge",
-    steps: Annotated[int, typer.Option(help="Training steps.")] = 2000,
+    steps: Annotated[int, typer.Option(help="Training steps.")] = 3000,
     batch_size: Annotated[int, typer.Option(help="Questions per step.")] = 64,
     lr: Annotated[float, typer.Option(help="Adam learning rate (0: the preset's).")] = 0.0,
     seed: Annotated[int, typer.Option(help="Training seed.")] = 0,

@@ -10,9 +10,9 @@ for a sensor absent from the whole window.
 |--------------|----------------------------------------------------------|----------------------------|
 | visual       | frames uint8 (1, T, F, H, W, 3)                          | v (1, T, C, H', W')        |
 | audio        | audio float32 (1, T*SEGMENT_SAMPLES) in [-1, 1]          | a (1, T, C)                |
-| question     | tokens int64 (1, L)                                      | q (1, C)                   |
-| rmm_audio    | v (1, T, C, H', W'), q (1, C)                            | pseudo_a (1, T, C)         |
-| rmm_visual   | a (1, T, C), q (1, C)                                    | pseudo_v (1, T, C, H', W') |
+| question     | tokens int64 (1, L)                                      | q (1, 1+L, C) (states)     |
+| rmm_audio    | v (1, T, C, H', W'), q (1, 1+L, C)                       | pseudo_a (1, T, C)         |
+| rmm_visual   | a (1, T, C), q (1, 1+L, C)                               | pseudo_v (1, T, C, H', W') |
 | avr          | a, v, known_a (1, T), known_v (1, T) float32 (1 = real)  | a_out, v_out (like a, v)   |
 | backbone     | a, v, q                                                  | logits (1, n_answers)      |
 
@@ -77,7 +77,7 @@ class QuestionGraph(nn.Module):
         self.enc = model.question_encoder
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens (1, L) int64, right-padded with 0 -> q (1, C)."""
+        """tokens (1, L) int64, right-padded with 0 -> question states q (1, 1+L, C)."""
         return self.enc(tokens)
 
 
@@ -87,7 +87,7 @@ class RmmAudioGraph(nn.Module):
         self.rmm = model.rmm
 
     def forward(self, v: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-        """Eq. 2, audio missing: v (1, T, C, H', W'), q (1, C) -> pseudo a (1, T, C)."""
+        """Eq. 2, audio missing: v (1, T, C, H', W'), q (1, 1+L, C) -> pseudo a (1, T, C)."""
         return self.rmm.pseudo_audio(v, q)
 
 
@@ -97,7 +97,7 @@ class RmmVisualGraph(nn.Module):
         self.rmm = model.rmm
 
     def forward(self, a: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-        """Eq. 2, visual missing: a (1, T, C), q (1, C) -> pseudo v (1, T, C, H', W')."""
+        """Eq. 2, visual missing: a (1, T, C), q (1, 1+L, C) -> pseudo v (1, T, C, H', W')."""
         return self.rmm.pseudo_visual(a, q)
 
 
@@ -130,7 +130,7 @@ class BackboneGraph(nn.Module):
         self.backbone = model.backbone
 
     def forward(self, a: torch.Tensor, v: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-        """a (1, T, C), v (1, T, C, H', W'), q (1, C) -> answer logits (1, n_answers)."""
+        """a (1, T, C), v (1, T, C, H', W'), q (1, 1+L, C) -> answer logits (1, n_answers)."""
         return self.backbone(a, v, q)
 
 
@@ -165,7 +165,7 @@ def io_specs(model: AVQAModel) -> "OrderedDict[str, Tuple[List[TensorSpec], List
     cfg = model.cfg
     t, c, h, w = cfg.t_segments, cfg.dim, cfg.map_h, cfg.map_w
     f32 = "float32"
-    a, v, q = (1, t, c), (1, t, c, h, w), (1, c)
+    a, v, q = (1, t, c), (1, t, c, h, w), (1, 1 + cfg.q_len, c)     # q: the question states
     known = (1, t)
     frames = (1, t, sig.FRAMES_PER_SEGMENT, sig.FRAME_H, sig.FRAME_W, 3)
     n_ans = max(len(cfg.answers), 1)

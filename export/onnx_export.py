@@ -178,7 +178,7 @@ def export_audio_encoder(model, path: Path, **kw) -> Artifact:
 
 
 def export_question_encoder(model, path: Path, **kw) -> Artifact:
-    """tokens int64 (1, L) -> q (1, C)."""
+    """tokens int64 (1, L) -> question states q (1, 1+L, C)."""
     return export_component(model, "question", path, **kw)
 
 

@@ -3,7 +3,7 @@ prompt bank baked in as constants, their FP16 variants, and the same parity gate
 
 | graph                 | inputs                                      | outputs               |
 |-----------------------|---------------------------------------------|-----------------------|
-| backbone_prompt_all   | a (1, T, C), v (1, T, C, H', W'), q (1, C)  | logits (1, n_answers) |
+| backbone_prompt_all   | a (1, T, C), v (1, T, C, H', W'), q (1, 1+L, C) | logits (1, n_answers) |
 | backbone_prompt_case  | a, v, q, case int64 (1,) (index into cases) | logits (1, n_answers) |
 
 `prompt_all` concatenates every set (the case is unknown); `prompt_case` gathers one set
@@ -52,7 +52,7 @@ class PromptAllGraph(nn.Module):
         self.register_buffer("kv", kv.detach().clone(), persistent=False)   # (1, K*P_attn, C)
 
     def forward(self, a: torch.Tensor, v: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-        """a (1, T, C), v (1, T, C, H', W'), q (1, C) -> logits (1, n_answers), every prompt set."""
+        """a (1, T, C), v (1, T, C, H', W'), q (1, 1+L, C) -> logits (1, n_answers), every prompt set."""
         return self.backbone(a, v, q, prefix_kv=self.kv, prompts=(self.pa, self.pv))
 
 
@@ -185,8 +185,7 @@ def run_prompt_parity(model, bank: PromptBank, graphs: Dict[str, Dict[str, Path]
                 for method in ("prompt_all", "prompt_oracle"):
                     got = pipeline_logits(pipe, calib, s, method)
                     thr = th.fp32_agreement if prec == "fp32" else th.fp16_agreement
-                    agree.append(P.agreement(f"{s}/{method}", prec, refs[s][method], got, answers, thr,
-                                             th.tie_margin if prec == "fp32" else None))
+                    agree.append(P.agreement(f"{s}/{method}", prec, refs[s][method], got, answers, thr, th.margin(prec)))
                     log(f"  prompt parity {prec} {s} {method}: {agree[-1].rate:.2%} answers agree")
     info = {"provider": P.PROVIDER, "config_hash": model.cfg.hash(), "clips": calib.n_clips,
             "questions": calib.n_questions, "component_samples": len(feeds), "cases": list(bank.cfg.cases)}

@@ -269,7 +269,7 @@ class Pipeline:
                         top_k: int = 3, case: Optional[str] = None) -> Answer:
         """Answer a question about an encoded window (`case`: prompt_oracle's prompt set)."""
         timings = dict(feats.timings_ms)
-        q = self._run("question", {"tokens": self.tokens(question)}, timings)["q"]          # (1, C)
+        q = self._run("question", {"tokens": self.tokens(question)}, timings)["q"]          # (1, 1+L, C)
         if method in PROMPT_METHODS:
             if not self.prompt_cases or any(c not in self.runners for c in PROMPT_COMPONENTS):
                 raise AvqaError(f"{method} needs a bundle exported with prompts (`avqa-edge export RUN --prompt PROMPT_RUN`)")

@@ -104,23 +104,27 @@ def test_question_encoder_shape():
     enc = _qenc()
     tokens = torch.tensor([[3, 4, 5, 0, 0, 0], [7, 8, 9, 10, 11, 2]])
     out = enc(tokens)
-    assert out.shape == (2, 16)
-    assert not torch.allclose(out[0], out[1])
+    assert out.shape == (2, 1 + 6, 16)                 # the question vector, then one row per word
+    assert not torch.allclose(out[0, 0], out[1, 0])
+    assert torch.all(out[0, 4:] == 0) and torch.all(out[0, 1:4].abs().sum(-1) > 0)   # padding rows are zero
+    assert torch.all(out[1, 1:].abs().sum(-1) > 0)
+    torch.testing.assert_close(out[0, 0], out[0, 3])   # q is the last real word's state
 
 
 def test_question_encoder_ignores_right_padding():
     enc = _qenc()
     q = [3, 4, 5, 6]
     outs = [enc(torch.tensor([q + [0] * pad])) for pad in (0, 1, 4, 10)]
-    for o in outs[1:]:
-        torch.testing.assert_close(o, outs[0], rtol=1e-6, atol=1e-6)
+    for o in outs[1:]:                                 # q and the real words' rows do not move
+        torch.testing.assert_close(o[:, :5], outs[0], rtol=1e-6, atol=1e-6)
+        assert torch.all(o[:, 5:] == 0)
     # in a batch of fixed token length, each row equals the row encoded alone without padding
     batch = torch.tensor([[3, 4, 5, 6, 0, 0, 0, 0],
                           [9, 0, 0, 0, 0, 0, 0, 0],
                           [2, 3, 4, 5, 6, 7, 8, 9]])
     out = enc(batch)
     for i, n in enumerate((4, 1, 8)):
-        torch.testing.assert_close(out[i], enc(batch[i:i + 1, :n])[0], rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(out[i, :1 + n], enc(batch[i:i + 1, :n])[0], rtol=1e-6, atol=1e-6)
 
 
 def test_question_encoder_reads_the_last_real_token():

@@ -48,9 +48,11 @@ def _data(run):
 # ---- the default path is unchanged ----------------------------------------------------------------
 
 def test_logits_without_prompts_equal_the_code_before_issue_5():
-    """tests/data/logits_before_prompts.npz was written by the model code of commit 283049c
-    (before prompts existed) from the same seeded model and inputs; on that machine the match
-    is bit for bit (max difference 0.0). The tolerance only allows other CPUs' float kernels."""
+    """tests/data/logits_before_prompts.npz was first written by the model code of commit 283049c
+    (before prompts existed) and rewritten, from the same seeded model and inputs, by the
+    commit that made model version 3 (its backbone differs); with prompts=None the numbers
+    must not move. On that machine the match is bit for bit (max difference 0.0); the
+    tolerance only allows other CPUs' float kernels."""
     torch.manual_seed(0)
     cfg = preset("edge", vocab=[f"w{i}" for i in range(20)], answers=[f"a{i}" for i in range(7)])
     m = AVQAModel(cfg).eval()

@@ -15,7 +15,7 @@ ADDRESSING = ("logspace", "paper")
 METHODS = ("rmm_avr", "baseline", "dropout")   # what `avqa-edge train --method` trains
 # Bumped whenever a change to the model code makes older weights unloadable; part of the
 # config (and so of its hash). Runs written before the field existed count as version 1.
-ARCH_VERSION = 2
+ARCH_VERSION = 3
 
 
 @dataclass
@@ -98,7 +98,7 @@ PRESET_LR = {"edge": 2e-3, "paper": 1e-4}
 @dataclass
 class TrainConfig:
     method: str = "rmm_avr"          # rmm_avr | baseline (complete data only) | dropout (modality dropout)
-    steps: int = 2000
+    steps: int = 3000
     batch_size: int = 64
     lr: float = 0.0                  # 0 -> the preset's learning rate
     seed: int = 0

@@ -11,6 +11,15 @@
 4. fusion, product with the question feature, answer classifier.
 AVST's tanh(fused) * q fusion stalls for hundreds of steps on the built-in benchmark; the
 fusion here adds fused, q and fused * q.
+
+Signal paths (model version 3). The question-grounded visual vector passes about eight
+Linear layers before the answer head. PyTorch's default Linear init (Kaiming-uniform with
+a = sqrt(5)) shrinks the variance about threefold per layer, so that signal reached the head
+too weak to learn from: trained on the two Visual Location templates alone, "where is the X"
+/ "what is on the left" stayed at chance after 600 steps (0.27), while a head reading the
+grounded vector directly reached 1.00. Xavier init for every Linear here, and a mean over the
+segments added to each temporal pooling's output (a residual path), took that probe to 0.71
+and the validation `complete` score after 1000 complete-only steps from 0.60 to 0.68.
 """
 from typing import Optional, Tuple
 
@@ -54,30 +63,45 @@ class Block(nn.Module):
 
 
 class QueryPool(nn.Module):
-    """Question-guided temporal attention over the T segments (AVST) plus a sigmoid-gated mean.
+    """Question-guided temporal attention over the T segments (AVST) plus a sigmoid-gated mean,
+    plus the same gated mean per question word.
 
     Softmax weights sum to one, so attention alone cannot count segments ("does the x play
     longer than the y", "how many are sounding" stayed at chance); the gated mean over the
-    fixed T can."""
+    fixed T can. One question vector mixes both instruments of "is the x louder than the y";
+    per word, each instrument name gates the segments on its own, and a learned role vector
+    per word (its LSTM state knows whether it came first or second) weights the result before
+    the mean over words. Measured with 3000 complete-only steps, one seed: validation
+    `complete` 0.770 -> 0.802, "does the x play longer than the y" 0.68 -> 0.75."""
 
     def __init__(self, dim: int, heads: int):
         super().__init__()
         self.heads = heads
         self.attn = Attention(dim, heads)
         self.gate_q, self.gate_k, self.value = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
-        self.out = nn.Linear(2 * dim, dim)
+        self.word_q, self.word_k, self.word_v, self.word_role = (nn.Linear(dim, dim) for _ in range(4))
+        self.out = nn.Linear(3 * dim, dim)
 
-    def forward(self, q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """q (B, C), x (B, T, C) -> (B, C)."""
+    def forward(self, q: torch.Tensor, words: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """q (B, C), words (B, L, C) (zero rows: padding), x (B, T, C) -> (B, C)."""
         b, t, c = x.shape
         hs = c // self.heads
+        nw = words.shape[1]
         attended = self.attn(q[:, None], x).squeeze(1)                        # (B, C)
         gq = self.gate_q(q).reshape(b, 1, self.heads, hs)
         gk = self.gate_k(x).reshape(b, t, self.heads, hs)
         gate = torch.sigmoid((gq * gk).sum(-1) / hs ** 0.5)                   # (B, T, nh)
         val = self.value(x).reshape(b, t, self.heads, hs)                     # (B, T, nh, hs)
         counted = (gate[..., None] * val).mean(dim=1).reshape(b, c)           # (B, C)
-        return self.out(torch.cat([attended, counted], dim=-1))
+        present = (words.abs().sum(-1) > 0).to(x.dtype)                     # (B, L)
+        wq = self.word_q(words).reshape(b, nw, self.heads, hs)
+        wk = self.word_k(x).reshape(b, t, self.heads, hs)
+        wgate = torch.sigmoid(torch.einsum("blhd,bthd->bhlt", wq, wk) / hs ** 0.5)   # (B, nh, L, T)
+        wval = self.word_v(x).reshape(b, t, self.heads, hs)
+        per_word = torch.einsum("bhlt,bthd->blhd", wgate, wval).reshape(b, nw, c) / t  # (B, L, C)
+        per_word = per_word * self.word_role(words) * present[..., None]
+        by_word = per_word.sum(dim=1) / present.sum(dim=1, keepdim=True).clamp(min=1)  # (B, C)
+        return self.out(torch.cat([attended, counted, by_word], dim=-1)) + x.mean(dim=1)   # + residual path
 
 
 class Backbone(nn.Module):
@@ -98,17 +122,23 @@ class Backbone(nn.Module):
         self.temporal_v = QueryPool(dim, heads)
         self.fuse = nn.Linear(2 * dim, dim)
         self.head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, n_answers))
+        for mod in self.modules():           # variance-preserving init (see the module docstring)
+            if isinstance(mod, nn.Linear):
+                nn.init.xavier_uniform_(mod.weight)
+                nn.init.zeros_(mod.bias)
 
     def forward(self, a: torch.Tensor, v: torch.Tensor, q: torch.Tensor,
                 prefix_kv: Optional[torch.Tensor] = None,
                 prompts: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
-        """a (B, T, C), v (B, T, C, H', W'), q (B, C) -> answer logits (B, n_answers).
+        """a (B, T, C), v (B, T, C, H', W'), q (B, 1 + L, C) question states (row 0: the
+        question vector, rows 1..L: its words) -> answer logits (B, n_answers).
 
         Issue 5's prompts: `prompts` = (audio prompt tokens (B, P, C), visual prompt tokens
         (B, P, C)), each concatenated with its modality's T segment tokens before the
         audio<->visual block(s) and dropped after them; `prefix_kv` (B, Pk, C) is prepended to
         the block's keys and values. Both None: the model as trained, unchanged."""
         b, t, c = a.shape
+        q, words = q[:, 0], q[:, 1:]                                          # (B, C), (B, L, C)
         vt = v.flatten(3).transpose(2, 3) + self.pos_hw                     # (B, T, H'W', C)
         keys = vt.reshape(b * t, -1, c)                                       # (B*T, H'W', C)
         by_audio = self.ground_a(a.reshape(b * t, 1, c), keys).reshape(b, t, c)
@@ -124,7 +154,7 @@ class Backbone(nn.Module):
         if prompts is not None:
             tokens = torch.cat([tokens[:, :t], tokens[:, t + p:2 * t + p]], dim=1)  # (B, 2T, C): prompts dropped
         a_s, v_s = tokens[:, :t], tokens[:, t:]                               # (B, T, C) each
-        a_q = self.temporal_a(q, a_s)                                         # (B, C)
-        v_q = self.temporal_v(q, v_s)
+        a_q = self.temporal_a(q, words, a_s)                                  # (B, C)
+        v_q = self.temporal_v(q, words, v_s)
         fused = self.fuse(torch.cat([a_q, v_q], dim=-1))                      # (B, C)
         return self.head(fused + q + fused * q)

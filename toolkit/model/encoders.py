@@ -117,8 +117,11 @@ class FeatureProjections(nn.Module):
 
 
 class QuestionEncoder(nn.Module):
-    """Token ids (right-padded with 0) -> (B, C): embedding + one-direction LSTM, the output
-    at the last real token (a Gather, so it exports without packed sequences)."""
+    """Token ids (right-padded with 0) -> question states (B, 1 + L, C): embedding +
+    one-direction LSTM. Row 0 is the output at the last real token (a Gather, so it exports
+    without packed sequences), the question vector q; rows 1..L are the per-word outputs,
+    zero at padding, which the backbone's temporal pooling reads word by word (model
+    version 3: "is the x louder than the y" needs x and y apart, not one mixed vector)."""
 
     def __init__(self, vocab_size: int, dim: int):
         super().__init__()
@@ -127,11 +130,12 @@ class QuestionEncoder(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens (B, L) int64 -> (B, C)."""
+        """tokens (B, L) int64 -> (B, 1 + L, C)."""
         out, _ = self.lstm(self.embed(tokens))                               # (B, L, C)
         last = (tokens != 0).sum(dim=1).clamp(min=1) - 1                     # (B,)
         idx = last[:, None, None].expand(-1, 1, out.shape[-1])               # (B, 1, C)
-        return self.norm(out.gather(1, idx).squeeze(1))
+        words = self.norm(out) * (tokens != 0)[..., None].to(out.dtype)      # (B, L, C), 0 at padding
+        return torch.cat([self.norm(out.gather(1, idx)), words], dim=1)      # (B, 1 + L, C)
 
 
 def sinusoidal(t: torch.Tensor, dim: int) -> torch.Tensor:

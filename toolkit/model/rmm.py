@@ -52,13 +52,16 @@ class SlotMemory(nn.Module):
         return torch.softmax(torch.log_softmax(logits_m, -1) + torch.log_softmax(logits_t, -1), -1)
 
     def address_from_visual(self, v: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-        """v (B, T, C, H', W'), q (B, C) -> weights (B, T, L) for recalling audio."""
+        """v (B, T, C, H', W'), q (B, C) -> weights (B, T, L) for recalling audio.
+        (q may also be the question encoder's states (B, 1 + L, C): row 0 is q.)"""
+        q = question_vector(q)
         lv = self._logits(v.flatten(2), self.slots_v, 0)          # (B, T, L)
         lt = self._logits(q, self.slots_t, 2)[:, None]            # (B, 1, L)
         return self._combine(lv, lt.expand_as(lv))
 
     def address_from_audio(self, a: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-        """a (B, T, C), q (B, C) -> weights (B, T, L) for recalling the visual map."""
+        """a (B, T, C), q (B, C) or (B, 1 + L, C) -> weights (B, T, L) for recalling the visual map."""
+        q = question_vector(q)
         la = self._logits(a, self.slots_a, 1)                      # (B, T, L)
         lt = self._logits(q, self.slots_t, 2)[:, None]
         return self._combine(la, lt.expand_as(la))
@@ -79,6 +82,11 @@ class SlotMemory(nn.Module):
             return {"entropy_audio_recall": float(entropy(self.address_from_visual(v, q))),
                     "entropy_visual_recall": float(entropy(self.address_from_audio(a, q))),
                     "entropy_uniform": math.log(self.slots_a.shape[0])}
+
+
+def question_vector(q: torch.Tensor) -> torch.Tensor:
+    """The question vector (B, C) from itself or from the question states (B, 1 + L, C)."""
+    return q[:, 0] if q.dim() == 3 else q
 
 
 def recall_loss(real: torch.Tensor, pseudo: torch.Tensor, reduction: str = "element_mean") -> torch.Tensor:
