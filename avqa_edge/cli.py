@@ -50,7 +50,7 @@ def train(
     music_avqa: Annotated[Optional[Path], typer.Option(help="MUSIC-AVQA: folder with avqa-{train,val,test}.json.")] = None,
     features: Annotated[Optional[Path], typer.Option(help="MUSIC-AVQA: feature root (vggish/, res18_14x14/).")] = None,
     eval_every: Annotated[int, typer.Option(help="Validate every N steps.")] = 250,
-    avr_finetune_frac: Annotated[float, typer.Option(help="Last fraction of steps whose pseudo terms go through the AVR sampler (costly on CPU).")] = 0.0,
+    avr_finetune_frac: Annotated[float, typer.Option(help="Last fraction of steps whose pseudo terms also go through the AVR sampler, so the backbone learns to read its output.")] = 0.2,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
     from_run: Annotated[Optional[Path], typer.Option("--from", help="--method prompt: the finished run to adapt (it stays frozen).")] = None,
     measure_steps: Annotated[int, typer.Option(help="--method prompt: steps of full fine-tuning and of prompt training timed in subprocesses for the cost comparison (0: skip).")] = 20,

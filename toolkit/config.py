@@ -105,7 +105,9 @@ class TrainConfig:
     device: str = "auto"
     lambda_rmm: float = 1.0          # lambda_1 of Eq. 8
     lambda_ave: float = 1.0          # lambda_2 of Eq. 8
-    avr_finetune_frac: float = 0.0   # last fraction of steps whose pseudo terms go through the AVR sampler (0.2 cost +6.5 min on 2 cores for no clear gain)
+    # last fraction of steps whose pseudo terms also go through the AVR sampler (no gradient through it),
+    # so the backbone learns to read AVR's output, not only RMM's: without it rmm+avr fell below rmm
+    avr_finetune_frac: float = 0.2
     p_full_missing: float = 0.5      # pseudo terms: chance that all T segments are missing (else a random subset)
     eval_every: int = 250
     val_samples: int = 512
