@@ -297,6 +297,34 @@ def test_losses_finite_and_backward(use_avr):
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
 
 
+def test_avr_phase_pseudo_terms_read_the_avr_output_and_train_the_rmm():
+    """In the AVR phase (--avr-finetune-frac) the pseudo CE terms score the backbone on the
+    AVR-enhanced pair, not on RMM's raw output, and the straight-through estimator still
+    passes their gradient to the slot memory (the sampler itself gets none)."""
+    import torch.nn.functional as F
+    m = _model(6).eval()                             # eval: no dropout, so values compare exactly
+    f, _, _ = m.encode(_batch(2, seed=7))
+    answers = torch.tensor([1, 4])
+    miss_a = _mask(2, [(0, s) for s in range(T)] + [(1, 3)])
+    miss_v = _mask(2, [(1, s) for s in range(T)] + [(0, 5)])
+    pa, pv = m.pseudo(f)
+    plain = m.pseudo_ce(f, pa, pv, answers, miss_a, miss_v, False)
+    phase = m.pseudo_ce(f, pa, pv, answers, miss_a, miss_v, True)
+    ones = torch.ones_like(miss_a)
+    with torch.no_grad():
+        ea, _ = m.enhance(miss_a[..., None] * f.a + (1 - miss_a[..., None]) * pa, f.v, miss_a, ones)
+        _, ev = m.enhance(f.a, miss_v[..., None, None, None] * f.v + (1 - miss_v[..., None, None, None]) * pv, ones, miss_v)
+        want_a = F.cross_entropy(m.backbone(ea, f.v, f.q), answers)
+        want_v = F.cross_entropy(m.backbone(f.a, ev, f.q), answers)
+    torch.testing.assert_close(phase["ce_audio_pseudo"], want_a, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(phase["ce_visual_pseudo"], want_v, rtol=1e-5, atol=1e-6)
+    assert abs(float(phase["ce_visual_pseudo"].detach() - plain["ce_visual_pseudo"].detach())) > 1e-4
+    (phase["ce_audio_pseudo"] + phase["ce_visual_pseudo"]).backward()
+    assert m.rmm.slots_a.grad is not None and m.rmm.slots_a.grad.abs().sum() > 0
+    assert m.rmm.slots_v.grad is not None and m.rmm.slots_v.grad.abs().sum() > 0
+    assert all(p.grad is None for p in m.denoiser.parameters())
+
+
 def test_losses_without_rmm_or_avr_have_no_such_terms():
     m = _model(4, use_rmm=False, use_avr=False).train()
     f, _, _ = m.encode(_batch(2))
