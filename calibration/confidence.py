@@ -53,11 +53,16 @@ class ModeCalibration:
     ece_after: float
 
 
+def check_method(method: str) -> str:
+    if method not in METHODS:
+        raise AvqaError(f"confidence calibration: method must be one of {METHODS}, got {method!r}")
+    return method
+
+
 def modes_for(method: str, prompt_cases: Sequence[str] = ()) -> List[str]:
     """The modes `method` answers in: every mode for rmm+avr; for prompt_oracle those whose
     prompt set (MODE_CASE) the bundle has."""
-    if method not in METHODS:
-        raise AvqaError(f"confidence calibration: method must be one of {METHODS}, got {method!r}")
+    check_method(method)
     return [m for m in MODES if method == "rmm+avr" or MODE_CASE[m] in prompt_cases]
 
 
@@ -208,8 +213,7 @@ def collect_logits(pipeline, calib, mode: str, seed: int = 0, max_questions: int
                    method: str = "rmm+avr") -> Tuple[np.ndarray, np.ndarray]:
     """Answer the calibration set under `mode`'s masks with `method` (prompt_oracle: the
     prompt set MODE_CASE[mode], as served). -> (logits (n, k), labels (n,))."""
-    if method not in METHODS:
-        raise AvqaError(f"confidence calibration: method must be one of {METHODS}, got {method!r}")
+    check_method(method)
     case = MODE_CASE[mode] if method == "prompt_oracle" else None
     rng = np.random.default_rng(seed)
     by_clip = calib.questions_of_clip()
