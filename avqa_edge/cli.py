@@ -51,6 +51,7 @@ def train(
     features: Annotated[Optional[Path], typer.Option(help="MUSIC-AVQA: feature root (vggish/, res18_14x14/).")] = None,
     eval_every: Annotated[int, typer.Option(help="Validate every N steps.")] = 250,
     avr_finetune_frac: Annotated[float, typer.Option(help="Last fraction of steps whose pseudo terms also go through the AVR sampler, so the backbone learns to read its output.")] = 0.2,
+    tag_weight: Annotated[float, typer.Option(help="Weight of the auxiliary event-tagging loss on the encoders (built-in benchmark only; 0: off).")] = 1.0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
     from_run: Annotated[Optional[Path], typer.Option("--from", help="--method prompt: the finished run to adapt (it stays frozen).")] = None,
     measure_steps: Annotated[int, typer.Option(help="--method prompt: steps of full fine-tuning and of prompt training timed in subprocesses for the cost comparison (0: skip).")] = 20,
@@ -100,7 +101,7 @@ def train(
     model_cfg = make_preset(preset, use_rmm=not no_rmm, use_avr=not no_avr, n_slots=slots,
                             diffusion_steps=diffusion_steps, addressing=addressing)
     cfg = TrainConfig(method=method, steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=device,
-                      eval_every=eval_every, avr_finetune_frac=avr_finetune_frac)
+                      eval_every=eval_every, avr_finetune_frac=avr_finetune_frac, tag_weight=tag_weight)
     run_train(out, model_cfg, cfg, spec, resume=resume)
 
 

@@ -527,3 +527,40 @@ def test_loudness_is_the_rms_of_the_instruments_own_signal(seed):
     on = np.asarray(src.sounding)
     assert (~on).sum() == 0 or np.abs(own[~on]).max() < 1e-6   # silent where it is silent (if ever)
     assert np.sqrt(np.mean(own[on] ** 2)) == pytest.approx(src.loudness, rel=1e-3)
+
+
+@PROPS
+@given(SEEDS)
+def test_segment_labels_follow_the_scene(seed):
+    from avqa_edge.toolkit.data.synth import segment_labels
+    scene = scene_of(seed)
+    lab = segment_labels(scene)
+    assert lab["sounding"].shape == lab["level"].shape == (T, len(INSTRUMENTS))
+    named = {INSTRUMENTS.index(s.name): s for s in scene.sources}
+    for k in range(len(INSTRUMENTS)):
+        src = named.get(k)
+        playing = np.asarray(src.sounding if src else (False,) * T, np.float32)
+        np.testing.assert_array_equal(lab["sounding"][:, k], playing)
+        assert np.all(lab["level"][playing == 0, k] == 0)
+    # a louder source gets a larger level wherever it plays
+    playing = [s for s in scene.sources if s.sounds]
+    for a in playing:
+        for b in playing:
+            if a.loudness > b.loudness:
+                ka, kb = INSTRUMENTS.index(a.name), INSTRUMENTS.index(b.name)
+                assert lab["level"][a.onset, ka] > lab["level"][b.onset, kb]
+    # cells: visible instruments where they are drawn; they move exactly when they play
+    expect = np.zeros((2, 3), np.int64)
+    for s in scene.visible:
+        expect[s.row, s.column] = 1 + INSTRUMENTS.index(s.name)
+        np.testing.assert_array_equal(lab["moving"][:, s.row, s.column], np.asarray(s.sounding, np.float32))
+    assert (lab["cell"] == expect).all()
+    assert lab["moving"][:, expect == 0].sum() == 0
+    # removing a playing instrument clears its labels and leaves the others alone
+    if playing:
+        src = playing[0]
+        k = INSTRUMENTS.index(src.name)
+        rest = segment_labels(without(scene, src))
+        assert rest["sounding"][:, k].sum() == 0
+        others = [i for i in range(len(INSTRUMENTS)) if i != k]
+        np.testing.assert_array_equal(rest["sounding"][:, others], lab["sounding"][:, others])

@@ -80,7 +80,7 @@ def load_model(run_dir, weights: str = "model.safetensors") -> Tuple[AVQAModel, 
     model = AVQAModel(cfg)
     tensors = load_file(str(path))
     try:
-        missing, unexpected = model.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("opt.")}, strict=False)
+        missing, unexpected = model.load_state_dict({k: v for k, v in tensors.items() if not k.startswith(("opt.", "tagger."))}, strict=False)
     except RuntimeError as e:
         raise AvqaError(f"{path} does not match its config ({str(e).splitlines()[-1].strip()})") from None
     if missing or unexpected:

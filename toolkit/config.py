@@ -108,6 +108,9 @@ class TrainConfig:
     # last fraction of steps whose pseudo terms also go through the AVR sampler (no gradient through it),
     # so the backbone learns to read AVR's output, not only RMM's: without it rmm+avr fell below rmm
     avr_finetune_frac: float = 0.2
+    # weight of the auxiliary event-tagging loss on the encoders (model/tagger.py); used only where
+    # the data has per-segment ground truth (the built-in benchmark); 0 turns it off
+    tag_weight: float = 1.0
     p_full_missing: float = 0.5      # pseudo terms: chance that all T segments are missing (else a random subset)
     eval_every: int = 250
     val_samples: int = 512

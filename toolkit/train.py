@@ -24,6 +24,7 @@ from .data.loader import SplitData
 from .data.sources import load_split
 from .evaluate import MISSING_SCENARIOS, predict, score
 from .model.avqa import AVQAModel
+from .model.tagger import EventTagger, batch_labels
 
 PER_CLIP = 4          # questions per clip in a training batch (clips are encoded once)
 MAX_DENOISE_PAIRS = 128
@@ -120,15 +121,21 @@ def train(run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, data_spec: Di
     train_data = SplitData(train_split, vocab, model_cfg.answers)
     val_data = SplitData(val_split, vocab, model_cfg.answers, strict_answers=False)
     model = AVQAModel(model_cfg).to(device)
+    tagger = None
+    if cfg.tag_weight > 0 and train_data.labels is not None and model_cfg.inputs == "raw":
+        tagger = EventTagger(model_cfg.dim, train_data.labels["sounding"].shape[-1]).to(device)
+    params = list(model.parameters()) + (list(tagger.parameters()) if tagger is not None else [])
     lr = cfg.lr or PRESET_LR[model_cfg.preset]
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    opt = torch.optim.Adam(params, lr=lr)
     start, best = 0, -1.0
     history = []
     run_dir.mkdir(parents=True, exist_ok=True)
     if resume:
         from safetensors.torch import load_file
         tensors = load_file(str(run_dir / "last.safetensors"))
-        model.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("opt.")})
+        model.load_state_dict({k: v for k, v in tensors.items() if not k.startswith(("opt.", "tagger."))})
+        if tagger is not None:
+            tagger.load_state_dict({k[len("tagger."):]: v for k, v in tensors.items() if k.startswith("tagger.")})
         restore_optimizer(opt, tensors)
         state = read_json(run_dir / "state.json")
         start, best, history = state["step"], state["best_score"], state["history"]
@@ -148,7 +155,8 @@ def train(run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, data_spec: Di
     flops = flops_per_answer(model)
     log(f"model: {n_params / 1e6:.2f} M parameters; per answer {flops['complete'] / 1e6:.0f} MFLOPs with both sensors, "
         f"{flops['audio_missing'] / 1e6:.0f} / {flops['visual_missing'] / 1e6:.0f} MFLOPs with audio / video absent")
-    log(f"preset {model_cfg.preset}, method {cfg.method}, {cfg.steps} steps x {cfg.batch_size}, lr {lr:g}, device {device}")
+    log(f"preset {model_cfg.preset}, method {cfg.method}, {cfg.steps} steps x {cfg.batch_size}, lr {lr:g}, device {device}"
+        + (f", event tagging x {cfg.tag_weight:g}" if tagger is not None else ""))
 
     rng = np.random.default_rng([cfg.seed, start])
     gen = torch.Generator().manual_seed(cfg.seed * 7919 + start)
@@ -170,13 +178,16 @@ def train(run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, data_spec: Di
             f, _, _ = model.encode(batch)
             b = answers.shape[0]
             terms = _terms(model, f, answers, cfg, gen, b, t, step >= avr_from, device)
+            if tagger is not None:
+                terms["tag"] = tagger.loss(f.a, f.v, batch_labels(batch))
             total = terms["ce_complete"] + terms.get("ce_audio_pseudo", 0) + terms.get("ce_visual_pseudo", 0) \
-                + cfg.lambda_rmm * terms.get("rmm", 0) + cfg.lambda_ave * terms.get("ave", 0)
+                + cfg.lambda_rmm * terms.get("rmm", 0) + cfg.lambda_ave * terms.get("ave", 0) \
+                + cfg.tag_weight * terms.get("tag", 0)
             if not torch.isfinite(total):
                 raise AvqaError(f"the loss became {float(total)} at step {step}; nothing was saved past the last good checkpoint")
             opt.zero_grad(set_to_none=True)
             total.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             seen += b
             for k, v in [("loss", total), *terms.items()]:
@@ -194,7 +205,8 @@ def train(run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, data_spec: Di
                     best = val["score"]
                     save_tensors(run_dir / "model.safetensors", model.state_dict(),
                                  {"config_hash": model_cfg.hash(), "step": str(step + 1)})
-                save_tensors(run_dir / "last.safetensors", {**model.state_dict(), **optimizer_tensors(opt)},
+                extra = {"tagger." + k: v for k, v in tagger.state_dict().items()} if tagger is not None else {}
+                save_tensors(run_dir / "last.safetensors", {**model.state_dict(), **extra, **optimizer_tensors(opt)},
                              {"config_hash": model_cfg.hash(), "step": str(step + 1)})
                 write_json(run_dir / "state.json", {"step": step + 1, "best_score": best, "finished": last,
                                                     "history": history})
@@ -242,7 +254,7 @@ def plot_curves(history, path: Path) -> None:
     import matplotlib.pyplot as plt
     steps = [h["step"] for h in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    for k in ("ce_complete", "ce_audio_pseudo", "ce_visual_pseudo", "rmm", "ave"):
+    for k in ("ce_complete", "ce_audio_pseudo", "ce_visual_pseudo", "rmm", "ave", "tag"):
         if k in history[0]:
             ax1.plot(steps, [h[k] for h in history], label=k)
     ax1.set_xlabel("step"), ax1.set_title("training losses"), ax1.legend()

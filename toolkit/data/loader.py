@@ -35,6 +35,13 @@ class SplitData:
         self.clip = torch.tensor([qa.clip for qa in split.qa], dtype=torch.int64)
         self.qtypes: List[str] = [qa.qtype for qa in split.qa]
         self.mel: Optional[torch.Tensor] = None
+        # the built-in benchmark's per-segment event labels, for the auxiliary tagging loss
+        self.labels: Optional[Dict[str, torch.Tensor]] = None
+        scenes = split.meta.get("scenes") if self.raw else None
+        if scenes:
+            from .synth import Scene, segment_labels
+            per_clip = [segment_labels(Scene.from_dict(d)) for d in scenes]
+            self.labels = {k: torch.from_numpy(np.stack([p[k] for p in per_clip])) for k in per_clip[0]}  # (N, T, ...)
         n_clips = int(self.clip.max()) + 1 if len(self.clip) else 0
         self.questions_of = [[] for _ in range(n_clips)]
         for i, c in enumerate(self.clip.tolist()):
@@ -62,6 +69,8 @@ class SplitData:
             return {"audio_feat": torch.from_numpy(np.asarray(self.split.audio[idx], dtype=np.float32)),
                     "visual_feat": torch.from_numpy(np.asarray(self.split.visual[idx], dtype=np.float32))}
         out = {"frames": torch.from_numpy(self.split.frames[idx])}
+        if self.labels is not None:
+            out.update({"label_" + k: v[torch.from_numpy(idx)] for k, v in self.labels.items()})
         if self.mel is not None:
             out["mel"] = self.mel[torch.from_numpy(idx)]
         else:

@@ -50,6 +50,7 @@ __all__ = [
     "GENERATOR_VERSION", "INSTRUMENTS", "LOCATIONS", "SPLITS", "TEMPLATES",
     "SynthConfig", "Source", "Scene",
     "sample_scene", "render", "candidate_questions", "template_of", "generate", "cache_key",
+    "segment_labels",
 ]
 
 GENERATOR_VERSION = "1.0"
@@ -717,6 +718,32 @@ def _candidates(scene: Scene) -> List[Tuple[str, str, str, str]]:
         if onsets[0] < onsets[1] and first.visible:
             out.append(_ask("av_first_which", first.name))
             out.append(_ask("av_first_where", first.location))
+    return out
+
+
+def segment_labels(scene: Scene) -> Dict[str, np.ndarray]:
+    """Per-segment event labels of one clip, read from its ground truth, for training's
+    auxiliary tagging loss (toolkit/model/tagger.py). The model never sees them at inference.
+
+    sounding (T, K) 0/1: instrument k plays in segment t (off-screen ones included);
+    level    (T, K) its loudness in dB, centred and scaled ((dB - LOUDNESS_DB) / LOUDNESS_NOISE_DB),
+             0 where it is silent;
+    cell     (T, N_ROWS, N_COLS) int64: 0 empty, 1 + k for instrument k in that grid cell;
+    moving   (T, N_ROWS, N_COLS) 0/1: that cell's instrument plays, so it moves, in segment t.
+    """
+    k = len(INSTRUMENTS)
+    out = {"sounding": np.zeros((T_SEGMENTS, k), np.float32), "level": np.zeros((T_SEGMENTS, k), np.float32),
+           "cell": np.zeros((T_SEGMENTS, N_ROWS, N_COLS), np.int64),
+           "moving": np.zeros((T_SEGMENTS, N_ROWS, N_COLS), np.float32)}
+    for s in scene.sources:
+        i = INSTRUMENTS.index(s.name)
+        on = np.asarray(s.sounding, np.float32)
+        db = 20.0 * np.log10(max(s.loudness, 1e-6))
+        out["sounding"][:, i] = on
+        out["level"][:, i] = on * (db - LOUDNESS_DB) / LOUDNESS_NOISE_DB
+        if s.visible:
+            out["cell"][:, s.row, s.column] = 1 + i
+            out["moving"][:, s.row, s.column] = on
     return out
 
 
