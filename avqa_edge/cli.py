@@ -34,7 +34,7 @@ def train(
     out: Annotated[Path, typer.Option(help="Run directory to write (config.json, model.safetensors, curve.png).")] = Path("runs/default"),
     method: Annotated[str, typer.Option(help="rmm_avr (the paper's model), baseline (complete data only), dropout (modality dropout) or prompt (prompt learning on the frozen run given by --from).")] = "rmm_avr",
     preset: Annotated[str, typer.Option(help="edge (raw signals, CPU/Jetson sized) or paper (MUSIC-AVQA features).")] = "edge",
-    steps: Annotated[int, typer.Option(help="Training steps.")] = 3000,
+    steps: Annotated[int, typer.Option(help="Training steps (0: 4500; --method prompt: 3000).")] = 0,
     batch_size: Annotated[int, typer.Option(help="Questions per step.")] = 64,
     lr: Annotated[float, typer.Option(help="Adam learning rate (0: the preset's).")] = 0.0,
     seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
@@ -76,7 +76,7 @@ def train(
         if (out / "state.json").exists():
             raise AvqaError(f"{out} already holds a run: choose another --out")
         from .toolkit.prompt_train import PromptTrainConfig, train_prompts
-        pcfg = PromptTrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, eval_every=eval_every,
+        pcfg = PromptTrainConfig(steps=steps or 3000, batch_size=batch_size, lr=lr, seed=seed, eval_every=eval_every,
                                  measure_steps=measure_steps, n_input=prompt_len, n_attn=attn_prompt_len)
         train_prompts(out, from_run, pcfg)
         return
@@ -100,7 +100,7 @@ def train(
         spec = builtin_spec(seed=data_seed, train_clips=train_clips)
     model_cfg = make_preset(preset, use_rmm=not no_rmm, use_avr=not no_avr, n_slots=slots,
                             diffusion_steps=diffusion_steps, addressing=addressing)
-    cfg = TrainConfig(method=method, steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=device,
+    cfg = TrainConfig(method=method, steps=steps or TrainConfig.steps, batch_size=batch_size, lr=lr, seed=seed, device=device,
                       eval_every=eval_every, avr_finetune_frac=avr_finetune_frac, tag_weight=tag_weight)
     run_train(out, model_cfg, cfg, spec, resume=resume)
 

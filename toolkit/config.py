@@ -98,7 +98,7 @@ PRESET_LR = {"edge": 2e-3, "paper": 1e-4}
 @dataclass
 class TrainConfig:
     method: str = "rmm_avr"          # rmm_avr | baseline (complete data only) | dropout (modality dropout)
-    steps: int = 3000
+    steps: int = 4500
     batch_size: int = 64
     lr: float = 0.0                  # 0 -> the preset's learning rate
     seed: int = 0
