@@ -110,7 +110,10 @@ def test_decomposed_fp16_graphs_equal_the_originals(graphs, comp):
     for feed in feeds[comp]:
         for want, got in zip(_run(m, feed), _run(d, feed)):
             assert got.dtype == want.dtype == np.float32
-            assert np.allclose(got, want, rtol=1e-3, atol=1e-5), float(np.abs(got - want).max())
+            # one float16 step (2^-10) relative to the output's scale: near-zero outputs get
+            # the same absolute slack as the largest ones (an intermediate rounding flips both)
+            step = 2.0 ** -10 * float(np.abs(want).max())
+            assert np.allclose(got, want, rtol=0, atol=step), (float(np.abs(got - want).max()), step)
 
 
 def _ln_model(shape, axis=-1, bias=True, eps=1e-5, opset=17, dtype=TensorProto.FLOAT, stats=False, stash=None):
