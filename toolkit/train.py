@@ -123,7 +123,8 @@ def train(run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, data_spec: Di
     model = AVQAModel(model_cfg).to(device)
     tagger = None
     if cfg.tag_weight > 0 and train_data.labels is not None and model_cfg.inputs == "raw":
-        tagger = EventTagger(model_cfg.dim, train_data.labels["sounding"].shape[-1]).to(device)
+        labels = train_data.labels
+        tagger = EventTagger(model_cfg.dim, labels["sounding"].shape[-1], labels["cell"].shape[-2:]).to(device)
     params = list(model.parameters()) + (list(tagger.parameters()) if tagger is not None else [])
     lr = cfg.lr or PRESET_LR[model_cfg.preset]
     opt = torch.optim.Adam(params, lr=lr)

@@ -21,6 +21,7 @@ from torch.nn import functional as F
 
 class EventTagger(nn.Module):
     def __init__(self, dim: int, n_instruments: int, grid=(2, 3)):
+        """grid: the label grid (rows, columns); the visual map is pooled to it."""
         super().__init__()
         self.k, self.grid = n_instruments, tuple(grid)
         self.audio = nn.Linear(dim, 2 * n_instruments)                  # sounding logit, level
