@@ -44,6 +44,21 @@ def test_eval_scenarios_and_determinism(tiny_run, tmp_path):
     assert "addressing_entropy" in a and a["addressing_entropy"]["entropy_uniform"] > 4.0
 
 
+def test_eval_of_a_no_rmm_ablation_scores_its_fullest_method(tiny_spec, tmp_path):
+    """`train --no-rmm` leaves zero_fill and avr: eval's gap, sweep and table use avr."""
+    from avqa_edge.toolkit.config import TrainConfig, preset
+    from avqa_edge.toolkit.eval import run_eval
+    from avqa_edge.toolkit.train import train
+    run = tmp_path / "no_rmm"
+    train(run, preset("edge", use_rmm=False), TrainConfig(steps=4, batch_size=16, eval_every=4, val_samples=16),
+          tiny_spec, log=lambda *_: None)
+    out = run_eval(run, tmp_path / "e.json", [], sweep=True, seed=0, log=lambda *_: None)
+    assert set(out["scenarios"]["audio_missing"]) == {"zero_fill", "avr"}
+    assert out["gap_method"] == "avr" and set(out["gap_closed"]) == {"audio_missing", "visual_missing"}
+    assert set(out["sweep"]["accuracy"]["audio_missing"]) == {"zero_fill", "avr"}
+    assert "addressing_entropy" not in out
+
+
 def test_train_refuses_to_overwrite_a_run(tiny_run):
     run, _ = tiny_run
     res = CliRunner().invoke(app, ["train", "--out", str(run)])

@@ -98,7 +98,7 @@ def run_eval(run_dir: Path, json_path: Optional[Path], compare: List[Path], swee
         jobs += [(scen, name, m, "none") for name, m in others]
     # uncertain: each clip draws its condition; methods see only what is observably absent
     jobs.append((UNCERTAIN, "zero_fill", model, "zero_fill"))
-    fill = next((m for m in ("rmm+avr", "rmm", "avr") if _applies(model, m)), None)
+    fill = _fullest(model)
     if fill:
         jobs.append((UNCERTAIN, fill, model, fill))
     jobs += [(UNCERTAIN, name, m, "zero_fill") for name, m in others]
@@ -136,10 +136,10 @@ def run_eval(run_dir: Path, json_path: Optional[Path], compare: List[Path], swee
                          "observed": "absent = all-black frames / digital silence in a segment's raw input"}}
     out["question_only"] = question_only_prior(load_split(spec, "train"), test, answers) if not limit else None
     out["answerable"] = ANSWERABLE if spec["kind"] == "builtin" else None
-    if spec["kind"] == "builtin" and main_name == "rmm_avr":
-        out["gap_closed"] = {}
+    if spec["kind"] == "builtin" and main_name == "rmm_avr" and fill:
+        out["gap_closed"], out["gap_method"] = {}, fill
+        meth = fill
         for scen, types in ANSWERABLE.items():
-            meth = "rmm+avr" if "rmm+avr" in results[scen] else "rmm"
             row = {"overall": gap_closed(results, scen, meth, list(types))}
             row["answerable_types"] = _gap_answerable(results, scen, meth, list(types), test)
             for base in [name for name, _ in others]:
@@ -162,7 +162,7 @@ def run_eval(run_dir: Path, json_path: Optional[Path], compare: List[Path], swee
                   f"{100 * out['question_only']['overall']:.1f} %")
     if out.get("gap_closed"):
         for scen, row in out["gap_closed"].items():
-            md.append(f"- {scen}: gap zero_fill -> complete closed by rmm+avr: overall "
+            md.append(f"- {scen}: gap zero_fill -> complete closed by {out['gap_method']}: overall "
                       f"{100 * row['overall']['overall']:.0f} %, on answerable types {100 * row['answerable_types']:.0f} %")
     md.append(f"- {UNCERTAIN}: each clip draws complete / audio missing / visual missing / audio noisy / visual noisy "
               "(seed fixed); no method is told which, methods that fill see only observable absence (black frames, "
@@ -195,12 +195,18 @@ def _gap_answerable(results, scen, meth, types, data) -> float:
     return (got - zero) / (comp - zero) if abs(comp - zero) > 1e-9 else float("nan")
 
 
+def _fullest(model) -> Optional[str]:
+    """The model's fullest fill method: rmm+avr, or what an ablation (--no-rmm / --no-avr) leaves."""
+    return next((m for m in ("rmm+avr", "rmm", "avr") if _applies(model, m)), None)
+
+
 def run_sweep(model, others, test: SplitData, seed: int, console) -> Dict:
     """Accuracy against the fraction of absent segments (paper Fig. 5) on a fixed subset."""
     rows = {}
     lines = [("zero_fill", model, "zero_fill")]
-    if model.rmm is not None or model.denoiser is not None:
-        lines.append(("rmm+avr", model, "rmm+avr"))
+    fill = _fullest(model)
+    if fill:
+        lines.append((fill, model, fill))
     lines += [(name, m, "zero_fill") for name, m in others]
     for scen in ("audio_missing", "visual_missing"):
         for label, m, meth in lines:
