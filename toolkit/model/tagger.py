@@ -30,7 +30,6 @@ class EventTagger(nn.Module):
     def loss(self, a: torch.Tensor, v: torch.Tensor, labels: Dict[str, torch.Tensor]) -> torch.Tensor:
         """a (B, T, C) and v (B, T, C, H', W') real encoder outputs; labels from
         synth.segment_labels, one row per question's clip. -> scalar loss."""
-        b, t = a.shape[:2]
         out = self.audio(a)                                                   # (B, T, 2K)
         snd_logit, level = out[..., :self.k], out[..., self.k:]
         sounding = labels["sounding"]                                         # (B, T, K)
