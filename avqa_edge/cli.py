@@ -44,6 +44,7 @@ def train(
     slots: Annotated[int, typer.Option(help="RMM slots L.")] = 75,
     diffusion_steps: Annotated[int, typer.Option(help="AVR reverse steps.")] = 10,
     addressing: Annotated[str, typer.Option(help="logspace (default) or paper (softmax(a^v * a^t), nearly uniform).")] = "logspace",
+    audio_heads: Annotated[int, typer.Option(help="Heads of RMM's audio recall (1: Eq. 1-2 as written).")] = 4,
     data_seed: Annotated[int, typer.Option(help="Built-in benchmark seed.")] = 0,
     train_clips: Annotated[int, typer.Option(help="Built-in benchmark: training clips (0: default).")] = 0,
     manifest_dir: Annotated[Optional[Path], typer.Option(help="Custom data: a folder with train/val/test.jsonl manifests.")] = None,
@@ -99,7 +100,7 @@ def train(
     else:
         spec = builtin_spec(seed=data_seed, train_clips=train_clips)
     model_cfg = make_preset(preset, use_rmm=not no_rmm, use_avr=not no_avr, n_slots=slots,
-                            diffusion_steps=diffusion_steps, addressing=addressing)
+                            diffusion_steps=diffusion_steps, addressing=addressing, audio_heads=audio_heads)
     cfg = TrainConfig(method=method, steps=steps or TrainConfig.steps, batch_size=batch_size, lr=lr, seed=seed, device=device,
                       eval_every=eval_every, avr_finetune_frac=avr_finetune_frac, tag_weight=tag_weight)
     run_train(out, model_cfg, cfg, spec, resume=resume)

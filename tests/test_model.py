@@ -395,3 +395,22 @@ def test_absent_audio_is_blanked_before_the_encoder_in_train_mode():
         full_out, _, _ = m.encode(changed)
     assert not torch.allclose(full_out.a[1, 5], full_ref.a[1, 5])
     assert not torch.allclose(full_out.v[1, 5], full_ref.v[1, 5])
+
+
+def test_config_without_audio_heads_is_a_one_head_run_with_its_old_hash():
+    """Runs written before `audio_heads` existed load as one head and keep their hash (bundles and
+    results name them by it); the default is 4 heads, and a width they do not divide is refused."""
+    import dataclasses
+    import hashlib
+    import json
+    from avqa_edge.errors import AvqaError
+    from avqa_edge.toolkit.config import ModelConfig
+    old = dataclasses.asdict(ModelConfig(audio_heads=1))
+    del old["audio_heads"]
+    old["unet_mults"] = list(old["unet_mults"])
+    cfg = ModelConfig.from_dict(old)
+    assert cfg.audio_heads == 1
+    assert cfg.hash() == hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:12]
+    assert ModelConfig().audio_heads == 4 and ModelConfig().hash() != cfg.hash()
+    with pytest.raises(AvqaError, match="divide"):
+        ModelConfig(dim=64, audio_heads=3)

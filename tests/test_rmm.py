@@ -75,6 +75,56 @@ def test_audio_recall_matches_hand_computation(variant):
         np.testing.assert_allclose(pa[0, t].detach().numpy(), ep, rtol=1e-5, atol=1e-6)
 
 
+EXTRA_KEYS_V = np.array([[0.5, 1.0], [1.0, -1.0], [-0.5, 0.0]])   # head 1's visual keys (L=3, H'W'C=2)
+
+
+@pytest.mark.parametrize("variant", ["paper", "logspace"])
+def test_two_head_audio_recall_matches_hand_computation(variant):
+    """Head 0 addresses with G^v, head 1 with its own keys (Eq. 1 each, same question term);
+    head h reads channel h of G^a (Eq. 2 per head: C = 2 split into 2 groups of 1)."""
+    m = SlotMemory(dim=2, map_hw=(1, 1), n_slots=3, addressing=variant, audio_heads=2)
+    with torch.no_grad():
+        m.slots_v.copy_(torch.tensor(SLOTS_V))
+        m.extra_keys_v.copy_(torch.tensor(EXTRA_KEYS_V)[None])
+        m.slots_a.copy_(torch.tensor(SLOTS_A))
+        m.slots_t.copy_(torch.tensor(SLOTS_T))
+        m.log_tau.copy_(torch.tensor(np.log(TAU)))
+    v = torch.tensor(V, dtype=torch.float32)[..., None, None]
+    q = torch.tensor(Q, dtype=torch.float32)
+    w = m.address_from_visual(v, q)
+    pa = m.pseudo_audio(v, q)
+    assert w.shape == (1, 2, 2, 3) and pa.shape == (1, 2, 2)
+    for t in range(2):
+        for h, keys in enumerate((SLOTS_V, EXTRA_KEYS_V)):
+            ew = _expected_weights(V[0, t], keys, TAU[0], Q[0], variant)
+            np.testing.assert_allclose(w[0, t, h].detach().numpy(), ew, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(float(pa[0, t, h].detach()), _weighted_sum(ew, SLOTS_A)[h], rtol=1e-5, atol=1e-6)
+
+
+def test_heads_recall_a_combination_one_head_cannot():
+    """Two heads can read slot 0's first half and slot 1's second half: a recall that no
+    convex blend of the slots (one head) gives."""
+    m = SlotMemory(dim=2, map_hw=(1, 1), n_slots=2, audio_heads=2)
+    with torch.no_grad():
+        m.slots_v.copy_(torch.tensor([[50.0, 0.0], [-50.0, 0.0]]))       # head 0 picks slot 0
+        m.extra_keys_v.copy_(torch.tensor([[[-50.0, 0.0], [50.0, 0.0]]]))  # head 1 picks slot 1
+        m.slots_a.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+        m.slots_t.zero_()
+    pa = m.pseudo_audio(torch.tensor([[[1.0, 0.0]]])[..., None, None], torch.zeros(1, 2))
+    torch.testing.assert_close(pa[0, 0], torch.tensor([1.0, 1.0]), rtol=0, atol=1e-4)
+    # one head: the recall is a convex blend of (1, 0) and (0, 1), so its entries sum to 1
+    one = SlotMemory(dim=2, map_hw=(1, 1), n_slots=2)
+    with torch.no_grad():
+        one.slots_a.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    out = one.pseudo_audio(torch.randn(5, 3, 2, 1, 1), torch.randn(5, 2))
+    torch.testing.assert_close(out.sum(-1), torch.ones(5, 3))
+
+
+def test_heads_must_divide_the_width():
+    with pytest.raises(ValueError, match="divide"):
+        SlotMemory(dim=6, map_hw=(1, 1), n_slots=3, audio_heads=4)
+
+
 @pytest.mark.parametrize("variant", ["paper", "logspace"])
 def test_visual_recall_matches_hand_computation(variant):
     m = _memory(variant)
@@ -130,16 +180,16 @@ def test_temperature_initialisation():
 def test_paper_variant_max_min_ratio_at_most_e(scale):
     """softmax of a product of two probability vectors (in [0, 1]): weights differ by at most e."""
     g = torch.Generator().manual_seed(int(scale * 10))
-    m = SlotMemory(dim=4, map_hw=(2, 2), n_slots=12, addressing="paper")
+    m = SlotMemory(dim=4, map_hw=(2, 2), n_slots=12, addressing="paper", audio_heads=2)
     with torch.no_grad():
-        for p in (m.slots_v, m.slots_a, m.slots_t):
+        for p in (m.slots_v, m.extra_keys_v, m.slots_a, m.slots_t):
             p.copy_(torch.randn(p.shape, generator=g) * scale)
     v = torch.randn(3, 5, 4, 2, 2, generator=g) * scale
     a = torch.randn(3, 5, 4, generator=g) * scale
     q = torch.randn(3, 4, generator=g) * scale
     for w in (m.address_from_visual(v, q), m.address_from_audio(a, q)):
         assert torch.isfinite(w).all()
-        torch.testing.assert_close(w.sum(-1), torch.ones(3, 5))
+        torch.testing.assert_close(w.sum(-1), torch.ones(w.shape[:-1]))
         ratio = (w.max(-1).values / w.min(-1).values).detach()
         assert float(ratio.max()) <= math.e * (1 + 1e-5)
 

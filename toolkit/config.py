@@ -39,6 +39,7 @@ class ModelConfig:
     n_slots: int = 75                # L
     addressing: str = "logspace"     # "paper": softmax(a^v * a^t); "logspace": softmax(log a^v + log a^t)
     learn_temperature: bool = True   # per-modality addressing temperature (paper: sqrt(c) for all)
+    audio_heads: int = 4             # heads of the audio recall (1: Eq. 1-2 as written; see rmm.py)
     recall_loss: str = "element_mean"  # or "sample_sum" (Eq. 3 literally: squared L2 per sample)
     # AVR (Eq. 5-7)
     use_avr: bool = True
@@ -51,6 +52,8 @@ class ModelConfig:
         self.unet_mults = tuple(self.unet_mults)
         if self.addressing not in ADDRESSING:
             raise AvqaError(f"addressing must be one of {ADDRESSING}, got {self.addressing!r}")
+        if self.audio_heads < 1 or self.dim % self.audio_heads:
+            raise AvqaError(f"audio_heads must divide dim ({self.dim}), got {self.audio_heads}")
         if self.inputs not in ("raw", "features"):
             raise AvqaError(f"inputs must be 'raw' or 'features', got {self.inputs!r}")
         if self.recall_loss not in ("element_mean", "sample_sum"):
@@ -65,7 +68,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
-        d = {"arch": 1, **d}
+        d = {"arch": 1, "audio_heads": 1, **d}   # runs from before the field have one head
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -74,7 +77,10 @@ class ModelConfig:
 
     def hash(self) -> str:
         """Short stable hash of the config (recorded in runs, results and bundles)."""
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        d = self.to_dict()
+        if d["audio_heads"] == 1:              # runs from before the field keep their hash
+            del d["audio_heads"]
+        blob = json.dumps(d, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
 

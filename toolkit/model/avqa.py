@@ -44,7 +44,8 @@ class AVQAModel(nn.Module):
         else:
             self.projections = FeatureProjections(cfg.audio_in, cfg.visual_in, c)
         self.question_encoder = QuestionEncoder(len(cfg.vocab) + 2, c)   # + <pad>, <unk>
-        self.rmm = SlotMemory(c, hw, cfg.n_slots, cfg.addressing, cfg.learn_temperature) if cfg.use_rmm else None
+        self.rmm = SlotMemory(c, hw, cfg.n_slots, cfg.addressing, cfg.learn_temperature,
+                              cfg.audio_heads) if cfg.use_rmm else None
         self.schedule = NoiseSchedule(cfg.diffusion_steps, cfg.alpha_bar_end)
         self.denoiser = UNet(2 * c, cfg.unet_base, cfg.unet_mults) if cfg.use_avr else None
         self.backbone = Backbone(c, hw, cfg.t_segments, max(len(cfg.answers), 1), cfg.heads, cfg.fusion_layers)
