@@ -16,6 +16,10 @@ METHODS = ("rmm_avr", "baseline", "dropout")   # what `avqa-edge train --method`
 # Bumped whenever a change to the model code makes older weights unloadable; part of the
 # config (and so of its hash). Runs written before the field existed count as version 1.
 ARCH_VERSION = 3
+# Fields added to ModelConfig after runs were first written, with the value that those runs
+# implied: configs without the field load with it, and a config at that value hashes without
+# the field, so older runs, bundles and results keep their hash.
+LEGACY_DEFAULTS = {"audio_heads": 1}
 
 
 @dataclass
@@ -68,7 +72,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
-        d = {"arch": 1, "audio_heads": 1, **d}   # runs from before the field have one head
+        d = {"arch": 1, **LEGACY_DEFAULTS, **d}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -77,9 +81,7 @@ class ModelConfig:
 
     def hash(self) -> str:
         """Short stable hash of the config (recorded in runs, results and bundles)."""
-        d = self.to_dict()
-        if d["audio_heads"] == 1:              # runs from before the field keep their hash
-            del d["audio_heads"]
+        d = {k: v for k, v in self.to_dict().items() if LEGACY_DEFAULTS.get(k, object()) != v}
         blob = json.dumps(d, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 

@@ -138,12 +138,11 @@ def run_eval(run_dir: Path, json_path: Optional[Path], compare: List[Path], swee
     out["answerable"] = ANSWERABLE if spec["kind"] == "builtin" else None
     if spec["kind"] == "builtin" and main_name == "rmm_avr" and fill:
         out["gap_closed"], out["gap_method"] = {}, fill
-        meth = fill
         for scen, types in ANSWERABLE.items():
-            row = {"overall": gap_closed(results, scen, meth, list(types))}
-            row["answerable_types"] = _gap_answerable(results, scen, meth, list(types), test)
+            row = {"overall": gap_closed(results, scen, fill, list(types))}
+            row["answerable_types"] = _gap_answerable(results, scen, fill, list(types), test)
             for base in [name for name, _ in others]:
-                row[f"vs_{base}_answerable"] = (answerable_accuracy(results[scen][meth], test, list(types))
+                row[f"vs_{base}_answerable"] = (answerable_accuracy(results[scen][fill], test, list(types))
                                                 - answerable_accuracy(results[scen][base], test, list(types)))
             out["gap_closed"][scen] = row
     if model.rmm is not None:
