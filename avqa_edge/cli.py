@@ -43,6 +43,7 @@ def train(
     no_avr: Annotated[bool, typer.Option("--no-avr", help="Ablation: no diffusion enhancement.")] = False,
     slots: Annotated[int, typer.Option(help="RMM slots L.")] = 75,
     diffusion_steps: Annotated[int, typer.Option(help="AVR reverse steps.")] = 10,
+    avr_start: Annotated[float, typer.Option(help="Signal fraction alpha_bar where AVR's reverse process starts: 0.25 is the schedule's last step (the most noise); higher keeps more of the pseudo feature.")] = 0.75,
     addressing: Annotated[str, typer.Option(help="logspace (default) or paper (softmax(a^v * a^t), nearly uniform).")] = "logspace",
     audio_heads: Annotated[int, typer.Option(help="Heads of RMM's audio recall (1: Eq. 1-2 as written).")] = 4,
     data_seed: Annotated[int, typer.Option(help="Built-in benchmark seed.")] = 0,
@@ -100,7 +101,8 @@ def train(
     else:
         spec = builtin_spec(seed=data_seed, train_clips=train_clips)
     model_cfg = make_preset(preset, use_rmm=not no_rmm, use_avr=not no_avr, n_slots=slots,
-                            diffusion_steps=diffusion_steps, addressing=addressing, audio_heads=audio_heads)
+                            diffusion_steps=diffusion_steps, avr_start=avr_start, addressing=addressing,
+                            audio_heads=audio_heads)
     cfg = TrainConfig(method=method, steps=steps or TrainConfig.steps, batch_size=batch_size, lr=lr, seed=seed, device=device,
                       eval_every=eval_every, avr_finetune_frac=avr_finetune_frac, tag_weight=tag_weight)
     run_train(out, model_cfg, cfg, spec, resume=resume)

@@ -184,14 +184,15 @@ def prepare_feeds(model, calib: CalibrationSet, clips: int, path: Path) -> int:
                 for s in specs[comp][0]:
                     put(f"{comp}.{s.name}", fill[comp][s.name])
     arrays = {k: np.stack(v) for k, v in feeds.items()}                         # leading axis: the clip
-    arrays["avr.alpha_bar"] = model.schedule.alpha_bar.detach().numpy().astype(np.float32)   # (S+1,)
+    arrays["avr.alpha_bar"] = model.schedule.rev_alpha_bar.detach().numpy().astype(np.float32)   # (S+1,) reverse grid
+    arrays["avr.t"] = model.schedule.rev_t.detach().numpy().astype(np.float32)                   # (S+1,) its steps
     arrays["avr.noise"] = model.avr_noise.detach().numpy().astype(np.float32)                # (T, 2C, H', W')
     np.savez(path, **arrays)
     return len(first)
 
 
 def export_step_graph(model, path: Path, threads: int) -> Dict:
-    """The AVR denoiser as a single-step graph (x (T, 2C, H', W'), t (T,) int64 -> eps), for the
+    """The AVR denoiser as a single-step graph (x (T, 2C, H', W'), t (T,) float32 -> eps), for the
     unrolled-vs-separate-calls comparison; checked against PyTorch at the first and last step."""
     import torch
 
@@ -209,7 +210,8 @@ def export_step_graph(model, path: Path, threads: int) -> Dict:
     cfg = model.cfg
     module = DenoiserStep(model.denoiser).eval()
     x = torch.randn(cfg.t_segments, 2 * cfg.dim, cfg.map_h, cfg.map_w, generator=torch.Generator().manual_seed(0))
-    args = (x, torch.full((cfg.t_segments,), cfg.diffusion_steps, dtype=torch.int64))
+    grid = model.schedule.rev_t                                                      # (S+1,) the reverse steps
+    args = (x, torch.full((cfg.t_segments,), float(grid[-1])))
     t0 = time.perf_counter()
     OX._export_once(module, args, path, ["x", "t"], ["eps"], OX.OPSET, dynamo=False)
     seconds = time.perf_counter() - t0
@@ -218,7 +220,7 @@ def export_step_graph(model, path: Path, threads: int) -> Dict:
         if list(r.input_spec()) != ["x", "t"]:
             raise AvqaError(f"the single-step denoiser graph takes {list(r.input_spec())}, expected ['x', 't']")
         for step in (1, cfg.diffusion_steps):
-            tt = torch.full((cfg.t_segments,), step, dtype=torch.int64)
+            tt = torch.full((cfg.t_segments,), float(grid[step]))
             got = r.infer({"x": x.numpy(), "t": tt.numpy()})["eps"]
             diff = max(diff, float(np.abs(got - module(x, tt).numpy()).max()))
     if not diff < 1e-4:

@@ -249,9 +249,10 @@ def ConfiguredOrtRunner(path, config: Dict[str, str], threads: int, name: str):
     return OrtRunner(path, threads=threads, name=name, session_config=config)
 
 
-def avr_host_loop(step, feed: Dict[str, np.ndarray], alpha_bar: np.ndarray, noise: np.ndarray):
+def avr_host_loop(step, feed: Dict[str, np.ndarray], alpha_bar: np.ndarray, steps: np.ndarray, noise: np.ndarray):
     """`toolkit.model.diffusion.reverse` with S separate calls of the single-step denoiser graph
     (x, t -> eps) and the DDIM update in numpy between them, like `AvrGraph` around it.
+    alpha_bar, steps: the reverse grid (S+1,), index k = the k-th step from the end.
     -> (a_out (1, T, C), v_out (1, T, C, H', W'))."""
     a, v = feed["a"], feed["v"]
     b, t, c, h, w = v.shape
@@ -265,7 +266,7 @@ def avr_host_loop(step, feed: Dict[str, np.ndarray], alpha_bar: np.ndarray, nois
     x = sq[s] * x_start + sq1[s] * noise
     x0 = x_start
     for k in range(s, 0, -1):
-        eps = step.infer({"x": x, "t": np.full((b * t,), k, np.int64)})["eps"]
+        eps = step.infer({"x": x, "t": np.full((b * t,), steps[k], np.float32)})["eps"]
         x0 = (x - sq1[k] * eps) / sq[k]
         x0 = known * x_start + (1 - known) * x0
         x = sq[k - 1] * x0 + sq1[k - 1] * eps
@@ -343,12 +344,12 @@ def run_graphs(spec: Dict, feeds: Dict[str, np.ndarray], result: Dict) -> None:
         if step is not None:
             names = io["avr"]["inputs"]
             fs = [component_feed(feeds, "avr", names, k) for k in range(k_in)]
-            ab, noise = feeds["avr.alpha_bar"], feeds["avr.noise"]
-            loop = stats(measure(lambda k: avr_host_loop(step, fs[k], ab, noise), k_in, warm, iters))
+            ab, ts, noise = feeds["avr.alpha_bar"], feeds["avr.t"], feeds["avr.noise"]
+            loop = stats(measure(lambda k: avr_host_loop(step, fs[k], ab, ts, noise), k_in, warm, iters))
             diff = 0.0
             for k in range(k_in):
                 want = pipe.runners["avr"].infer(fs[k])
-                got = avr_host_loop(step, fs[k], ab, noise)
+                got = avr_host_loop(step, fs[k], ab, ts, noise)
                 diff = max(diff, float(np.abs(got[0] - want["a_out"]).max()), float(np.abs(got[1] - want["v_out"]).max()))
             result["avr_steps"] = {"unrolled": comps["avr"]["infer"], "step_calls": loop,
                                    "steps": int(ab.shape[0] - 1), "max_abs_diff_vs_unrolled": diff}

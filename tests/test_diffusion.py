@@ -88,16 +88,45 @@ def _pair(seed, n=3, c2=6, h=2, w=3):
 
 
 def _oracle(schedule, x0):
-    """The true noise of x given x0: eps = (x - sqrt(ab_t) x0) / sqrt(1 - ab_t)."""
+    """The true noise of x given x0 at a (possibly fractional) step t of the angular schedule:
+    eps = (x - sqrt(ab_t) x0) / sqrt(1 - ab_t), ab_t = cos^2(t / S * phi_max)."""
+    phi_max = math.acos(math.sqrt(float(schedule.alpha_bar[-1])))
     def denoiser(x, t):
-        ab = schedule.alpha_bar[t].reshape(-1, 1, 1, 1)
+        ab = torch.cos(t.double() / schedule.steps * phi_max).float().reshape(-1, 1, 1, 1) ** 2
         return (x - ab.sqrt() * x0) / (1 - ab).sqrt()
     return denoiser
 
 
 @pytest.mark.parametrize("steps,end", SCHEDULES)
-def test_reverse_with_oracle_denoiser_returns_x0(steps, end):
+def test_reverse_grid_without_a_start_is_the_training_steps(steps, end):
     s = NoiseSchedule(steps, end)
+    assert torch.equal(s.rev_t, torch.arange(steps + 1, dtype=torch.float32))
+    assert torch.equal(s.rev_alpha_bar, s.alpha_bar)
+
+
+@pytest.mark.parametrize("steps,end,start", [(10, 0.25, 0.75), (4, 0.01, 0.5), (10, 0.25, 0.25)])
+def test_reverse_grid_starts_at_alpha_bar_start_in_equal_steps(steps, end, start):
+    """t_0 = S phi_start / phi_max, then S equal steps in t; alpha_bar on the grid is the angular
+    schedule's at those t (10 steps from 0.75 on the default schedule: t = 5, 4.5, ..., 0.5)."""
+    s = NoiseSchedule(steps, end, start)
+    t0 = steps * math.acos(math.sqrt(start)) / math.acos(math.sqrt(end))
+    torch.testing.assert_close(s.rev_t, torch.linspace(0, t0, steps + 1), rtol=1e-6, atol=1e-6)
+    assert float(s.rev_alpha_bar[steps]) == pytest.approx(start, rel=1e-6)
+    assert float(s.rev_alpha_bar[0]) == 1.0
+    if (steps, end, start) == (10, 0.25, 0.75):
+        torch.testing.assert_close(s.rev_t, torch.arange(11) * 0.5)
+
+
+def test_reverse_start_outside_the_schedule_is_refused():
+    with pytest.raises(ValueError, match="alpha_bar_start"):
+        NoiseSchedule(10, 0.25, 0.2)
+    with pytest.raises(ValueError, match="alpha_bar_start"):
+        NoiseSchedule(10, 0.25, 1.0)
+
+
+@pytest.mark.parametrize("steps,end,start", [(st, en, None) for st, en in SCHEDULES] + [(10, 0.25, 0.75), (4, 0.01, 0.6)])
+def test_reverse_with_oracle_denoiser_returns_x0(steps, end, start):
+    s = NoiseSchedule(steps, end, start)
     x0, x_start, noise = _pair(steps)
     known = torch.zeros(3, 6, 1, 1)
     out = reverse(_oracle(s, x0), s, x_start, known, noise)
@@ -162,13 +191,16 @@ def test_reverse_calls_denoiser_once_per_step_descending(steps):
     calls = []
 
     def den(x, t):
-        assert t.shape == (x.shape[0],) and t.dtype == torch.int64
+        assert t.shape == (x.shape[0],) and t.dtype == torch.float32
         assert bool((t == t[0]).all())
-        calls.append(int(t[0]))
+        calls.append(float(t[0]))
         return torch.zeros_like(x)
 
     reverse(den, s, x_start, torch.zeros(3, 6, 1, 1), noise)
     assert calls == list(range(steps, 0, -1))
+    calls.clear()
+    reverse(den, NoiseSchedule(steps, 0.25, 0.75), x_start, torch.zeros(3, 6, 1, 1), noise)
+    assert calls == pytest.approx([k / 2 for k in range(steps, 0, -1)])    # t_0 = S/2 from 0.75 on this schedule
 
 
 def test_reverse_first_input_is_x_start_noised_to_step_s():

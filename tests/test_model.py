@@ -300,7 +300,8 @@ def test_losses_finite_and_backward(use_avr):
 def test_avr_phase_pseudo_terms_read_the_avr_output_and_train_the_rmm():
     """In the AVR phase (--avr-finetune-frac) the pseudo CE terms score the backbone on the
     AVR-enhanced pair, not on RMM's raw output, and the straight-through estimator still
-    passes their gradient to the slot memory (the sampler itself gets none)."""
+    passes their gradient to the slot memory (the sampler itself gets none). The phase samples
+    from the schedule's last step, not from the inference start (avr_start)."""
     import torch.nn.functional as F
     m = _model(6).eval()                             # eval: no dropout, so values compare exactly
     f, _, _ = m.encode(_batch(2, seed=7))
@@ -312,10 +313,14 @@ def test_avr_phase_pseudo_terms_read_the_avr_output_and_train_the_rmm():
     phase = m.pseudo_ce(f, pa, pv, answers, miss_a, miss_v, True)
     ones = torch.ones_like(miss_a)
     with torch.no_grad():
-        ea, _ = m.enhance(miss_a[..., None] * f.a + (1 - miss_a[..., None]) * pa, f.v, miss_a, ones)
-        _, ev = m.enhance(f.a, miss_v[..., None, None, None] * f.v + (1 - miss_v[..., None, None, None]) * pv, ones, miss_v)
+        a_hat = miss_a[..., None] * f.a + (1 - miss_a[..., None]) * pa
+        ea, _ = m.enhance(a_hat, f.v, miss_a, ones, from_end=True)
+        _, ev = m.enhance(f.a, miss_v[..., None, None, None] * f.v + (1 - miss_v[..., None, None, None]) * pv, ones, miss_v,
+                          from_end=True)
         want_a = F.cross_entropy(m.backbone(ea, f.v, f.q), answers)
         want_v = F.cross_entropy(m.backbone(f.a, ev, f.q), answers)
+        ea_inference, _ = m.enhance(a_hat, f.v, miss_a, ones)              # from avr_start = 0.75
+    assert m.cfg.avr_start == 0.75 and not torch.allclose(ea, ea_inference)
     torch.testing.assert_close(phase["ce_audio_pseudo"], want_a, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(phase["ce_visual_pseudo"], want_v, rtol=1e-5, atol=1e-6)
     assert abs(float(phase["ce_visual_pseudo"].detach() - plain["ce_visual_pseudo"].detach())) > 1e-4
@@ -397,20 +402,23 @@ def test_absent_audio_is_blanked_before_the_encoder_in_train_mode():
     assert not torch.allclose(full_out.v[1, 5], full_ref.v[1, 5])
 
 
-def test_config_without_audio_heads_is_a_one_head_run_with_its_old_hash():
-    """Runs written before `audio_heads` existed load as one head and keep their hash (bundles and
-    results name them by it); the default is 4 heads, and a width they do not divide is refused."""
+def test_config_without_later_fields_loads_as_before_with_its_old_hash():
+    """Runs written before `audio_heads` and `avr_start` existed load as one head with the reverse
+    process starting at the schedule's last step, and keep their hash (bundles and results name
+    them by it); the default is 4 heads, and a width they do not divide is refused."""
     import dataclasses
     import hashlib
     import json
     from avqa_edge.errors import AvqaError
     from avqa_edge.toolkit.config import ModelConfig
-    old = dataclasses.asdict(ModelConfig(audio_heads=1))
-    del old["audio_heads"]
+    old = dataclasses.asdict(ModelConfig(audio_heads=1, avr_start=None))
+    del old["audio_heads"], old["avr_start"]
     old["unet_mults"] = list(old["unet_mults"])
     cfg = ModelConfig.from_dict(old)
-    assert cfg.audio_heads == 1
+    assert cfg.audio_heads == 1 and cfg.avr_start is None
     assert cfg.hash() == hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:12]
     assert ModelConfig().audio_heads == 4 and ModelConfig().hash() != cfg.hash()
     with pytest.raises(AvqaError, match="divide"):
         ModelConfig(dim=64, audio_heads=3)
+    with pytest.raises(AvqaError, match="avr_start"):
+        ModelConfig(avr_start=0.1)

@@ -7,7 +7,7 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 from avqa_edge.errors import AvqaError
 
@@ -19,7 +19,7 @@ ARCH_VERSION = 3
 # Fields added to ModelConfig after runs were first written, with the value that those runs
 # implied: configs without the field load with it, and a config at that value hashes without
 # the field, so older runs, bundles and results keep their hash.
-LEGACY_DEFAULTS = {"audio_heads": 1}
+LEGACY_DEFAULTS = {"audio_heads": 1, "avr_start": None}
 
 
 @dataclass
@@ -48,7 +48,8 @@ class ModelConfig:
     # AVR (Eq. 5-7)
     use_avr: bool = True
     diffusion_steps: int = 10        # T_diff, also the number of reverse steps
-    alpha_bar_end: float = 0.25      # signal fraction kept at the reverse process's start (see diffusion.py)
+    alpha_bar_end: float = 0.25      # signal fraction at the schedule's last step S (see diffusion.py)
+    avr_start: Optional[float] = 0.75  # signal fraction where the reverse process starts (None: alpha_bar_end)
     unet_base: int = 16
     unet_mults: Tuple[int, ...] = (1, 2)
 
@@ -64,6 +65,8 @@ class ModelConfig:
             raise AvqaError(f"recall_loss must be 'element_mean' or 'sample_sum', got {self.recall_loss!r}")
         if self.diffusion_steps < 1 or not 0.0 < self.alpha_bar_end < 1.0:
             raise AvqaError("diffusion_steps must be >= 1 and alpha_bar_end in (0, 1)")
+        if self.avr_start is not None and not self.alpha_bar_end <= self.avr_start < 1.0:
+            raise AvqaError(f"avr_start must be in [alpha_bar_end, 1) = [{self.alpha_bar_end}, 1), got {self.avr_start}")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

@@ -46,7 +46,7 @@ class AVQAModel(nn.Module):
         self.question_encoder = QuestionEncoder(len(cfg.vocab) + 2, c)   # + <pad>, <unk>
         self.rmm = SlotMemory(c, hw, cfg.n_slots, cfg.addressing, cfg.learn_temperature,
                               cfg.audio_heads) if cfg.use_rmm else None
-        self.schedule = NoiseSchedule(cfg.diffusion_steps, cfg.alpha_bar_end)
+        self.schedule = NoiseSchedule(cfg.diffusion_steps, cfg.alpha_bar_end, cfg.avr_start)
         self.denoiser = UNet(2 * c, cfg.unet_base, cfg.unet_mults) if cfg.use_avr else None
         self.backbone = Backbone(c, hw, cfg.t_segments, max(len(cfg.answers), 1), cfg.heads, cfg.fusion_layers)
         gen = torch.Generator().manual_seed(NOISE_SEED)
@@ -106,8 +106,10 @@ class AVQAModel(nn.Module):
         a, v, q = f.a.detach(), f.v.detach(), f.q.detach()
         return self.rmm.pseudo_audio(v, q), self.rmm.pseudo_visual(a, q)
 
-    def enhance(self, a: torch.Tensor, v: torch.Tensor, known_a: torch.Tensor, known_v: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """AVR (Eq. 5-7 at inference): the pair goes through the S-step reverse process; parts
+    def enhance(self, a: torch.Tensor, v: torch.Tensor, known_a: torch.Tensor, known_v: torch.Tensor,
+                from_end: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+        """AVR (Eq. 5-7 at inference): the pair goes through the S-step reverse process, from
+        cfg.avr_start (from_end: from the schedule's last step, as Eq. 8's AVR phase does); parts
         marked known (B, T) stay as they are. -> enhanced (a, v).
 
         Segments with both parts known come back unchanged from the reverse process, so only
@@ -120,7 +122,7 @@ class AVQAModel(nn.Module):
         rows = ((known_a < 1) | (known_v < 1)).reshape(b * t).nonzero().squeeze(1)   # segments to run
         out = x.clone()
         if len(rows):
-            out[rows] = reverse(self.denoiser, self.schedule, x[rows], known[rows], noise[rows])
+            out[rows] = reverse(self.denoiser, self.schedule, x[rows], known[rows], noise[rows], from_end)
         out = out.reshape(b, t, 2 * c, h, w)
         return out[:, :, :c].mean(dim=(-1, -2)), out[:, :, c:]                          # (B,T,C), (B,T,C,H',W')
 
@@ -184,9 +186,11 @@ class AVQAModel(nn.Module):
         ma, mv = mask_a[..., None], mask_v[..., None, None, None]
         a_hat, v_hat = ma * f.a + (1 - ma) * pa, mv * f.v + (1 - mv) * pv
         if through_avr and self.denoiser is not None:
+            # the sampler from the schedule's last step (the most noise), whatever cfg.avr_start
+            # says for inference: the runs the README reports were trained so (see its AVR notes)
             with torch.no_grad():
-                ea, _ = self.enhance(a_hat, f.v, mask_a, ones)
-                _, ev = self.enhance(f.a, v_hat, ones, mask_v)
+                ea, _ = self.enhance(a_hat, f.v, mask_a, ones, from_end=True)
+                _, ev = self.enhance(f.a, v_hat, ones, mask_v, from_end=True)
             a_hat = a_hat + (ea - a_hat).detach()
             v_hat = v_hat + (ev - v_hat).detach()
         return {"ce_audio_pseudo": F.cross_entropy(self.backbone(a_hat, f.v, f.q), answers),

@@ -3,24 +3,30 @@
 The schedule is plain tensor code that the U-Net never sees (diffusers' scheduler habit).
 It is an angular schedule over S = diffusion_steps steps: x_t = cos(phi_t) x_0 + sin(phi_t) eps
 with phi_t = (t / S) * phi_max and cos^2(phi_max) = alpha_bar_end, so alpha_bar_t =
-cos^2(phi_t) and beta_t = 1 - alpha_bar_t / alpha_bar_{t-1} (Eq. 5's forward chain).
+cos^2(phi_t) and beta_t = 1 - alpha_bar_t / alpha_bar_{t-1} (Eq. 5's forward chain). The
+denoiser is trained at the integer steps t = 1..S (Eq. 7).
 
 Where the reverse process starts (our choice, METHOD.md: the released code starts from the
 conditioning feature itself with no noising): from the start feature x_0 (real parts +
-pseudo or zero parts) noised to step S with an explicit noise tensor, then S deterministic
-DDIM steps (eta = 0). At each step the predicted x_0 keeps the real parts of the pair
-(a mask per segment and modality), so the denoiser fills in the missing part conditioned
-on the observed one. Deterministic given its inputs: the same graph exports to ONNX.
+pseudo or zero parts) partly noised to alpha_bar_start = cos^2(phi_start) <= 1, i.e. to the
+continuous step t_0 = S * phi_start / phi_max, then S deterministic DDIM steps (eta = 0) of
+equal size in t down to 0. With alpha_bar_start = alpha_bar_end, t_0 = S and the steps are
+the training steps S, S-1, ..., 1; with a larger alpha_bar_start the steps fall between the
+training steps and the sinusoidal step embedding interpolates (measured in the README).
+At each step the predicted x_0 keeps the real parts of the pair (a mask per segment and
+modality), so the denoiser fills in the missing part conditioned on the observed one.
+Deterministic given its inputs: the same graph exports to ONNX.
 """
 import math
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from torch import nn
 
 
 class NoiseSchedule(nn.Module):
-    def __init__(self, steps: int = 10, alpha_bar_end: float = 0.25):
+    def __init__(self, steps: int = 10, alpha_bar_end: float = 0.25, alpha_bar_start: Optional[float] = None):
+        """alpha_bar_start: where the reverse process starts (None: alpha_bar_end, step S)."""
         super().__init__()
         self.steps = steps
         phi_max = math.acos(math.sqrt(alpha_bar_end))
@@ -30,6 +36,15 @@ class NoiseSchedule(nn.Module):
         # computed in float64, stored in float32 (lucidrains' habit)
         self.register_buffer("alpha_bar", alpha_bar.float(), persistent=False)      # (S+1,)
         self.register_buffer("betas", betas.float(), persistent=False)              # (S,)
+        # the reverse process's grid, index k = k-th step from the end: t_k = t_0 k / S
+        start = alpha_bar_end if alpha_bar_start is None else alpha_bar_start
+        if not alpha_bar_end <= start < 1.0:
+            raise ValueError(f"alpha_bar_start must be in [alpha_bar_end, 1), got {start}")
+        rev_t = torch.arange(steps + 1, dtype=torch.float64)                        # (S+1,): from the end, the training steps
+        if start != alpha_bar_end:
+            rev_t = rev_t / steps * (steps * math.acos(math.sqrt(start)) / phi_max)   # t_0 = S phi_start / phi_max
+        self.register_buffer("rev_t", rev_t.float(), persistent=False)              # (S+1,)
+        self.register_buffer("rev_alpha_bar", (torch.cos(rev_t / steps * phi_max) ** 2).float(), persistent=False)
 
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """q(x_t | x_0) = N(sqrt(ab_t) x_0, (1 - ab_t) I). t (N,) int in [0, S]."""
@@ -38,19 +53,24 @@ class NoiseSchedule(nn.Module):
 
 
 def reverse(denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], schedule: NoiseSchedule,
-            x_start: torch.Tensor, known: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """S deterministic reverse steps (DDIM, eta = 0) from x_start noised to step S.
+            x_start: torch.Tensor, known: torch.Tensor, noise: torch.Tensor, from_end: bool = False) -> torch.Tensor:
+    """S deterministic reverse steps (DDIM, eta = 0) from x_start noised to the schedule's
+    start (alpha_bar_start), on the grid t_S = t_0 > ... > t_0 / S; from_end: from the
+    schedule's last step S instead, on the training steps S, ..., 1.
 
     x_start: (N, 2C, H', W') start pair; known: (N, 2C, 1, 1) 1 where the channel is a real
     feature (kept), 0 where it is to be generated; noise: like x_start. Returns x_0.
     The loop has a fixed count, so ONNX export unrolls it into one flat graph.
     """
     s = schedule.steps
-    ab = schedule.alpha_bar
+    if from_end:
+        ab, ts = schedule.alpha_bar, torch.arange(s + 1, dtype=torch.float32, device=x_start.device)
+    else:
+        ab, ts = schedule.rev_alpha_bar, schedule.rev_t
     x = ab[s].sqrt() * x_start + (1 - ab[s]).sqrt() * noise
     x0 = x_start
     for t in range(s, 0, -1):
-        t_vec = torch.full((x.shape[0],), t, dtype=torch.int64, device=x.device)
+        t_vec = ts[t].expand(x.shape[0])                                            # (N,) float step
         eps = denoiser(x, t_vec)
         x0 = (x - (1 - ab[t]).sqrt() * eps) / ab[t].sqrt()
         x0 = known * x_start + (1 - known) * x0
