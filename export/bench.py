@@ -184,8 +184,9 @@ def prepare_feeds(model, calib: CalibrationSet, clips: int, path: Path) -> int:
                 for s in specs[comp][0]:
                     put(f"{comp}.{s.name}", fill[comp][s.name])
     arrays = {k: np.stack(v) for k, v in feeds.items()}                         # leading axis: the clip
-    arrays["avr.alpha_bar"] = model.schedule.rev_alpha_bar.detach().numpy().astype(np.float32)   # (S+1,) reverse grid
-    arrays["avr.t"] = model.schedule.rev_t.detach().numpy().astype(np.float32)                   # (S+1,) its steps
+    alpha_bar, steps = model.schedule.grid()                                             # the reverse grid, (S+1,) each
+    arrays["avr.alpha_bar"] = alpha_bar.detach().numpy().astype(np.float32)
+    arrays["avr.t"] = steps.detach().numpy().astype(np.float32)
     arrays["avr.noise"] = model.avr_noise.detach().numpy().astype(np.float32)                # (T, 2C, H', W')
     np.savez(path, **arrays)
     return len(first)
@@ -210,7 +211,7 @@ def export_step_graph(model, path: Path, threads: int) -> Dict:
     cfg = model.cfg
     module = DenoiserStep(model.denoiser).eval()
     x = torch.randn(cfg.t_segments, 2 * cfg.dim, cfg.map_h, cfg.map_w, generator=torch.Generator().manual_seed(0))
-    grid = model.schedule.rev_t                                                      # (S+1,) the reverse steps
+    _, grid = model.schedule.grid()                                                  # (S+1,) the reverse steps
     args = (x, torch.full((cfg.t_segments,), float(grid[-1])))
     t0 = time.perf_counter()
     OX._export_once(module, args, path, ["x", "t"], ["eps"], OX.OPSET, dynamo=False)

@@ -18,7 +18,7 @@ modality), so the denoiser fills in the missing part conditioned on the observed
 Deterministic given its inputs: the same graph exports to ONNX.
 """
 import math
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 import torch
 from torch import nn
@@ -40,11 +40,18 @@ class NoiseSchedule(nn.Module):
         start = alpha_bar_end if alpha_bar_start is None else alpha_bar_start
         if not alpha_bar_end <= start < 1.0:
             raise ValueError(f"alpha_bar_start must be in [alpha_bar_end, 1), got {start}")
-        rev_t = torch.arange(steps + 1, dtype=torch.float64)                        # (S+1,): from the end, the training steps
+        train_t = torch.arange(steps + 1, dtype=torch.float64)                      # (S+1,) the training steps
+        rev_t = train_t
         if start != alpha_bar_end:
-            rev_t = rev_t / steps * (steps * math.acos(math.sqrt(start)) / phi_max)   # t_0 = S phi_start / phi_max
+            rev_t = train_t / steps * (steps * math.acos(math.sqrt(start)) / phi_max)  # t_0 = S phi_start / phi_max
+        self.register_buffer("train_t", train_t.float(), persistent=False)          # (S+1,)
         self.register_buffer("rev_t", rev_t.float(), persistent=False)              # (S+1,)
         self.register_buffer("rev_alpha_bar", (torch.cos(rev_t / steps * phi_max) ** 2).float(), persistent=False)
+
+    def grid(self, from_end: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The reverse process's (alpha_bar, t), each (S+1,), index k = the k-th step from the
+        end: from alpha_bar_start, or (from_end) from step S on the training steps."""
+        return (self.alpha_bar, self.train_t) if from_end else (self.rev_alpha_bar, self.rev_t)
 
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """q(x_t | x_0) = N(sqrt(ab_t) x_0, (1 - ab_t) I). t (N,) int in [0, S]."""
@@ -63,10 +70,7 @@ def reverse(denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], sche
     The loop has a fixed count, so ONNX export unrolls it into one flat graph.
     """
     s = schedule.steps
-    if from_end:
-        ab, ts = schedule.alpha_bar, torch.arange(s + 1, dtype=torch.float32, device=x_start.device)
-    else:
-        ab, ts = schedule.rev_alpha_bar, schedule.rev_t
+    ab, ts = schedule.grid(from_end)
     x = ab[s].sqrt() * x_start + (1 - ab[s]).sqrt() * noise
     x0 = x_start
     for t in range(s, 0, -1):
