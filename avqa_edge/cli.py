@@ -34,7 +34,8 @@ def train(
     out: Annotated[Path, typer.Option(help="Run directory to write (config.json, model.safetensors, curve.png).")] = Path("runs/default"),
     method: Annotated[str, typer.Option(help="rmm_avr (the paper's model), baseline (complete data only), dropout (modality dropout) or prompt (prompt learning on the frozen run given by --from).")] = "rmm_avr",
     preset: Annotated[str, typer.Option(help="edge (raw signals, CPU/Jetson sized) or paper (MUSIC-AVQA features).")] = "edge",
-    steps: Annotated[int, typer.Option(help="Training steps (0: 4500; --method prompt: 3000).")] = 0,
+    steps: Annotated[int, typer.Option(help="Stage 1 steps, everything end to end (0: 3000; --method prompt: 3000).")] = 0,
+    refit_steps: Annotated[int, typer.Option(help="Stage 2 steps: encoders frozen, their features cached, the backbone refit from scratch with RMM and AVR (0: no stage 2).")] = 3000,
     batch_size: Annotated[int, typer.Option(help="Questions per step.")] = 64,
     lr: Annotated[float, typer.Option(help="Adam learning rate (0: the preset's).")] = 0.0,
     seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
@@ -52,7 +53,7 @@ def train(
     music_avqa: Annotated[Optional[Path], typer.Option(help="MUSIC-AVQA: folder with avqa-{train,val,test}.json.")] = None,
     features: Annotated[Optional[Path], typer.Option(help="MUSIC-AVQA: feature root (vggish/, res18_14x14/).")] = None,
     eval_every: Annotated[int, typer.Option(help="Validate every N steps.")] = 250,
-    avr_finetune_frac: Annotated[float, typer.Option(help="Last fraction of steps whose pseudo terms also go through the AVR sampler, so the backbone learns to read its output.")] = 0.2,
+    avr_finetune_frac: Annotated[float, typer.Option(help="Last fraction of the last stage's steps whose pseudo terms also go through the AVR sampler, so the backbone learns to read its output.")] = 0.2,
     tag_weight: Annotated[float, typer.Option(help="Weight of the auxiliary event-tagging loss on the encoders (built-in benchmark only; 0: off).")] = 1.0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
     from_run: Annotated[Optional[Path], typer.Option("--from", help="--method prompt: the finished run to adapt (it stays frozen).")] = None,
@@ -103,7 +104,7 @@ def train(
     model_cfg = make_preset(preset, use_rmm=not no_rmm, use_avr=not no_avr, n_slots=slots,
                             diffusion_steps=diffusion_steps, avr_start=avr_start, addressing=addressing,
                             audio_heads=audio_heads)
-    cfg = TrainConfig(method=method, steps=steps or TrainConfig.steps, batch_size=batch_size, lr=lr, seed=seed, device=device,
+    cfg = TrainConfig(method=method, steps=steps or TrainConfig.steps, refit_steps=refit_steps, batch_size=batch_size, lr=lr, seed=seed, device=device,
                       eval_every=eval_every, avr_finetune_frac=avr_finetune_frac, tag_weight=tag_weight)
     run_train(out, model_cfg, cfg, spec, resume=resume)
 

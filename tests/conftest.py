@@ -16,7 +16,8 @@ def tiny_run(tiny_spec, tmp_path_factory):
     from avqa_edge.toolkit.config import TrainConfig, preset
     from avqa_edge.toolkit.train import train
     run = tmp_path_factory.mktemp("runs") / "tiny"
-    cfg = TrainConfig(steps=24, batch_size=16, eval_every=12, val_samples=48, seed=0, avr_finetune_frac=0.25)
+    cfg = TrainConfig(steps=12, refit_steps=12, batch_size=16, eval_every=12, val_samples=48, seed=0,
+                      avr_finetune_frac=0.25)
     summary = train(run, preset("edge"), cfg, tiny_spec, log=lambda *_: None)
     return run, summary
 

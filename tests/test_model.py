@@ -422,3 +422,16 @@ def test_config_without_later_fields_loads_as_before_with_its_old_hash():
         ModelConfig(dim=64, audio_heads=3)
     with pytest.raises(AvqaError, match="avr_start"):
         ModelConfig(avr_start=0.1)
+
+
+def test_train_config_of_a_single_stage_run_resumes_in_one_stage():
+    """Runs saved before stage 2 existed have no refit_steps: they resume as they were trained."""
+    from avqa_edge.errors import AvqaError
+    from avqa_edge.toolkit.config import TrainConfig
+    old = TrainConfig().to_dict()
+    del old["refit_steps"]
+    assert TrainConfig.from_dict(old).refit_steps == 0
+    assert TrainConfig.from_dict(TrainConfig(refit_steps=7).to_dict()).refit_steps == 7
+    assert TrainConfig().refit_steps > 0, "two stages by default"
+    with pytest.raises(AvqaError, match="refit"):
+        TrainConfig(refit_steps=-1)

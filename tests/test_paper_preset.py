@@ -37,7 +37,7 @@ def test_paper_preset_trains_and_evaluates_on_features(tmp_path):
     spec = _fixture(tmp_path)
     cfg = preset("paper", dim=32, heads=4, unet_base=8)            # the paper's layout at a test-sized width
     run = tmp_path / "run"
-    train(run, cfg, TrainConfig(steps=6, batch_size=8, eval_every=3, val_samples=12, lr=1e-3), spec, log=lambda *_: None)
+    train(run, cfg, TrainConfig(steps=3, refit_steps=3, batch_size=8, eval_every=3, val_samples=12, lr=1e-3), spec, log=lambda *_: None)
     model, config = load_model(run)
     assert model.cfg.inputs == "features" and model.rmm.slots_v.shape == (75, 32 * 14 * 14)
     assert "acoustic_guitar" in config["model"]["vocab"]           # MUSIC-AVQA names stay one token

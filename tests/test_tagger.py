@@ -55,7 +55,7 @@ def test_tagging_loss_trains_the_encoders(tiny_spec):
 
 
 def test_tagger_weights_stay_out_of_the_model(tiny_spec, tmp_path):
-    cfg = TrainConfig(steps=4, batch_size=16, eval_every=4, val_samples=16)
+    cfg = TrainConfig(steps=4, refit_steps=0, batch_size=16, eval_every=4, val_samples=16)
     train(tmp_path / "tag", preset("edge"), cfg, tiny_spec, log=lambda *_: None)
     last = load_file(str(tmp_path / "tag" / "last.safetensors"))
     assert any(k.startswith("tagger.") for k in last), "saved for resume"

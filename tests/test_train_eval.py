@@ -17,6 +17,10 @@ def test_run_artifacts_rebuild_the_model(tiny_run):
         assert (run / name).exists(), name
     state = read_json(run / "state.json")
     assert state["finished"] and state["step"] == 24 and len(state["history"]) == 2
+    first, second = state["history"]
+    # stage 1 trains the encoders (with the tagging loss), stage 2 the denoiser on frozen features
+    assert first["stage"] == 1 and "tag" in first and "ave" not in first
+    assert second["stage"] == 2 and "ave" in second and "tag" not in second
     assert summary["flops_per_answer"]["audio_missing"] > summary["flops_per_answer"]["complete"] > 0
     model, config = load_model(run)
     assert model.cfg.answers == config["model"]["answers"] and len(model.cfg.answers) > 5
@@ -50,7 +54,7 @@ def test_eval_of_a_no_rmm_ablation_scores_its_fullest_method(tiny_spec, tmp_path
     from avqa_edge.toolkit.eval import run_eval
     from avqa_edge.toolkit.train import train
     run = tmp_path / "no_rmm"
-    train(run, preset("edge", use_rmm=False), TrainConfig(steps=4, batch_size=16, eval_every=4, val_samples=16),
+    train(run, preset("edge", use_rmm=False), TrainConfig(steps=4, refit_steps=4, batch_size=16, eval_every=4, val_samples=16),
           tiny_spec, log=lambda *_: None)
     out = run_eval(run, tmp_path / "e.json", [], sweep=True, seed=0, log=lambda *_: None)
     assert set(out["scenarios"]["audio_missing"]) == {"zero_fill", "avr"}
@@ -101,13 +105,13 @@ def test_resume_continues_from_the_last_checkpoint(tiny_spec, tmp_path):
     from avqa_edge.toolkit.config import TrainConfig, preset
     from avqa_edge.toolkit.train import train
     run = tmp_path / "resumable"
-    train(run, preset("edge"), TrainConfig(steps=12, batch_size=16, eval_every=6, val_samples=32), tiny_spec,
+    train(run, preset("edge"), TrainConfig(steps=6, refit_steps=6, batch_size=16, eval_every=3, val_samples=32), tiny_spec,
           log=lambda *_: None)
     before = load_file(str(run / "last.safetensors"))
     assert any(k.startswith("opt.") for k in before), "Adam state is saved for resume"
-    # pretend the run was asked for 24 steps and stopped at 12
+    # pretend the run was asked for 12 stage-2 steps and stopped at its 6th: it resumes inside stage 2
     config = read_json(run / "config.json")
-    config["train"]["steps"] = 24
+    config["train"]["refit_steps"] = 12
     (run / "config.json").write_text(json.dumps(config))
     state = read_json(run / "state.json")
     state["finished"] = False
@@ -115,9 +119,12 @@ def test_resume_continues_from_the_last_checkpoint(tiny_spec, tmp_path):
     res = CliRunner().invoke(app, ["train", "--out", str(run), "--resume"])
     assert res.exit_code == 0, res.output
     state = read_json(run / "state.json")
-    assert state["finished"] and [h["step"] for h in state["history"]] == [6, 12, 18, 24]
+    assert state["finished"] and [h["step"] for h in state["history"]] == [3, 6, 9, 12, 15, 18]
     after = load_file(str(run / "last.safetensors"))
-    assert not all(bool((after[k] == before[k]).all()) for k in before if not k.startswith("opt.")), "weights moved on"
+    model = [k for k in before if not k.startswith(("opt.", "tagger."))]
+    encoders = [k for k in model if k.startswith(("audio_encoder.", "visual_encoder.", "question_encoder."))]
+    assert encoders and all(bool((after[k] == before[k]).all()) for k in encoders), "stage 2 keeps the encoders frozen"
+    assert not all(bool((after[k] == before[k]).all()) for k in model if k.startswith("backbone.")), "and trains the backbone"
 
 
 def test_runs_of_an_older_model_version_are_refused_cleanly(tiny_run, tmp_path):

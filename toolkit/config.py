@@ -20,6 +20,8 @@ ARCH_VERSION = 3
 # implied: configs without the field load with it, and a config at that value hashes without
 # the field, so older runs, bundles and results keep their hash.
 LEGACY_DEFAULTS = {"audio_heads": 1, "avr_start": None}
+# The same for TrainConfig: runs saved before stage 2 existed trained in one stage.
+LEGACY_TRAIN_DEFAULTS = {"refit_steps": 0}
 
 
 @dataclass
@@ -109,15 +111,18 @@ PRESET_LR = {"edge": 2e-3, "paper": 1e-4}
 @dataclass
 class TrainConfig:
     method: str = "rmm_avr"          # rmm_avr | baseline (complete data only) | dropout (modality dropout)
-    steps: int = 4500
+    steps: int = 3000                # stage 1: everything end to end
+    # stage 2 (toolkit/refit.py): encoders frozen and their features cached, the backbone re-initialized
+    # and refit with RMM and AVR; 0 turns it off (then L_ave and the AVR phase run in stage 1)
+    refit_steps: int = 3000
     batch_size: int = 64
     lr: float = 0.0                  # 0 -> the preset's learning rate
     seed: int = 0
     device: str = "auto"
     lambda_rmm: float = 1.0          # lambda_1 of Eq. 8
     lambda_ave: float = 1.0          # lambda_2 of Eq. 8
-    # last fraction of steps whose pseudo terms also go through the AVR sampler (no gradient through it),
-    # so the backbone learns to read AVR's output, not only RMM's: without it rmm+avr fell below rmm
+    # last fraction of the last stage's steps whose pseudo terms also go through the AVR sampler (no
+    # gradient through it), so the backbone learns to read AVR's output: without it rmm+avr fell below rmm
     avr_finetune_frac: float = 0.2
     # weight of the auxiliary event-tagging loss on the encoders (model/tagger.py); used only where
     # the data has per-segment ground truth (the built-in benchmark); 0 turns it off
@@ -130,8 +135,12 @@ class TrainConfig:
     def __post_init__(self):
         if self.method not in METHODS:
             raise AvqaError(f"method must be one of {METHODS}, got {self.method!r}")
-        if self.steps < 1 or self.batch_size < 1:
-            raise AvqaError("steps and batch size must be positive")
+        if self.steps < 1 or self.batch_size < 1 or self.refit_steps < 0:
+            raise AvqaError("steps and batch size must be positive, refit steps not negative")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        return cls(**{**LEGACY_TRAIN_DEFAULTS, **d})

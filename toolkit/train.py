@@ -3,6 +3,11 @@
 Methods: rmm_avr (the paper's model), baseline (backbone on complete data only, what users
 have today), dropout (the same backbone with random per-segment modality dropout and no
 RMM/AVR: the fair baseline). Every method gets the same data, steps and batches.
+
+Two stages: `steps` end to end (encoders, backbone, RMM; with the event-tagging loss), then
+`refit_steps` with the encoders frozen and their features cached, the backbone re-initialized
+and refit with RMM and AVR (toolkit/refit.py says why). L_ave and the AVR phase belong to the
+last stage. refit_steps = 0 is the single-stage training of earlier runs.
 """
 import json
 import math
@@ -20,11 +25,12 @@ from avqa_edge.runtime.text import Vocabulary
 
 from .checkpoint import optimizer_tensors, read_json, restore_optimizer, save_tensors, write_json
 from .config import ARCH_VERSION, PRESET_LR, ModelConfig, TrainConfig
-from .data.loader import SplitData
+from .data.loader import SplitData, to_device
 from .data.sources import load_split
 from .evaluate import MISSING_SCENARIOS, predict, score
 from .model.avqa import AVQAModel
 from .model.tagger import EventTagger, batch_labels
+from .refit import FeatureCache, freeze_encoders, trainable
 
 PER_CLIP = 4          # questions per clip in a training batch (clips are encoded once)
 MAX_DENOISE_PAIRS = 128
@@ -47,10 +53,6 @@ def random_masks(rng: torch.Generator, b: int, t: int, p_full: float) -> torch.T
     part = torch.rand(b, t, generator=rng) < frac
     part[torch.arange(b), torch.randint(0, t, (b,), generator=rng)] = True   # at least one absent
     return (~(full | part)).float()
-
-
-def to_device(batch: Dict[str, torch.Tensor], device: torch.device) -> Dict[str, torch.Tensor]:
-    return {k: v.to(device) for k, v in batch.items()}
 
 
 def lr_at(step: int, total: int, base: float, warmup: int = 50) -> float:
@@ -105,7 +107,7 @@ def train(run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, data_spec: Di
         if model_cfg.arch != ARCH_VERSION:
             raise AvqaError(f"{run_dir} was started with model version {model_cfg.arch}; this avqa-edge builds "
                             f"version {ARCH_VERSION}, so it cannot resume it: train again")
-        cfg = TrainConfig(**saved["train"])
+        cfg = TrainConfig.from_dict(saved["train"])
         data_spec = saved["data"]
     t0 = time.time()
     log(f"loading data ({data_spec['kind']}) ...")
@@ -125,11 +127,8 @@ def train(run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, data_spec: Di
     if cfg.tag_weight > 0 and train_data.labels is not None and model_cfg.inputs == "raw":
         labels = train_data.labels
         tagger = EventTagger(model_cfg.dim, labels["sounding"].shape[-1], labels["cell"].shape[-2:]).to(device)
-    params = list(model.parameters()) + (list(tagger.parameters()) if tagger is not None else [])
     lr = cfg.lr or PRESET_LR[model_cfg.preset]
-    opt = torch.optim.Adam(params, lr=lr)
-    start, best = 0, -1.0
-    history = []
+    start, best, history, tensors = 0, -1.0, [], None
     run_dir.mkdir(parents=True, exist_ok=True)
     if resume:
         from safetensors.torch import load_file
@@ -137,7 +136,6 @@ def train(run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, data_spec: Di
         model.load_state_dict({k: v for k, v in tensors.items() if not k.startswith(("opt.", "tagger."))})
         if tagger is not None:
             tagger.load_state_dict({k[len("tagger."):]: v for k, v in tensors.items() if k.startswith("tagger.")})
-        restore_optimizer(opt, tensors)
         state = read_json(run_dir / "state.json")
         start, best, history = state["step"], state["best_score"], state["history"]
         log(f"resuming at step {start} (best validation score {best:.3f})")
@@ -156,12 +154,22 @@ def train(run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, data_spec: Di
     flops = flops_per_answer(model)
     log(f"model: {n_params / 1e6:.2f} M parameters; per answer {flops['complete'] / 1e6:.0f} MFLOPs with both sensors, "
         f"{flops['audio_missing'] / 1e6:.0f} / {flops['visual_missing'] / 1e6:.0f} MFLOPs with audio / video absent")
-    log(f"preset {model_cfg.preset}, method {cfg.method}, {cfg.steps} steps x {cfg.batch_size}, lr {lr:g}, device {device}"
+    log(f"preset {model_cfg.preset}, method {cfg.method}, {cfg.steps} + {cfg.refit_steps} steps x {cfg.batch_size} "
+        f"(end to end + encoders frozen), lr {lr:g}, device {device}"
         + (f", event tagging x {cfg.tag_weight:g}" if tagger is not None else ""))
 
+    total_steps = cfg.steps + cfg.refit_steps
+    if start > cfg.steps:                  # resuming inside stage 2
+        freeze_encoders(model)
+    opt = torch.optim.Adam(trainable(model, start > cfg.steps) + _tagger_params(tagger, start > cfg.steps), lr=lr)
+    if tensors is not None:
+        restore_optimizer(opt, tensors)
+    cache: Optional[FeatureCache] = None
     rng = np.random.default_rng([cfg.seed, start])
     gen = torch.Generator().manual_seed(cfg.seed * 7919 + start)
-    avr_from = int(cfg.steps * (1 - cfg.avr_finetune_frac))
+    # the AVR phase: the last fraction of the last stage
+    last_from, last_len = (cfg.steps, cfg.refit_steps) if cfg.refit_steps else (0, cfg.steps)
+    avr_from = last_from + int(last_len * (1 - cfg.avr_finetune_frac))
     t = model_cfg.t_segments
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
     cols = [TextColumn("train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
@@ -169,17 +177,40 @@ def train(run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, data_spec: Di
     seen, t_loop = 0, time.time()
     ema: Dict[str, float] = {}   # running means of the loss terms (what the log and plot show)
     with Progress(*cols, transient=False, disable=None) as bar:
-        task = bar.add_task("train", total=cfg.steps, completed=start, info="")
-        for step in range(start, cfg.steps):
+        task = bar.add_task("train", total=total_steps, completed=start, info="")
+        for step in range(start, total_steps):
+            stage2 = step >= cfg.steps
+            if stage2 and cache is None:
+                if step == cfg.steps:          # entering stage 2: a fresh backbone and optimizer
+                    with torch.random.fork_rng(devices=[]):
+                        torch.manual_seed(cfg.seed + 1)
+                        model.backbone.reset_parameters()
+                    freeze_encoders(model)
+                    opt = torch.optim.Adam(trainable(model, True), lr=lr)
+                t1 = time.time()
+                ema.clear()                    # the running loss means start again with the stage
+                model.eval()
+                cache = FeatureCache(model, train_data, device)
+                bar.console.print(f"stage 2 from step {step}: encoders frozen, backbone re-initialized; "
+                                  + (f"features cached ({cache.nbytes / 2 ** 20:.0f} MB) in {time.time() - t1:.1f}s"
+                                     if cache.cached else "features too large to cache: encoding each batch"))
             model.train()
+            if stage2:
+                freeze_encoders(model)
             for g in opt.param_groups:
-                g["lr"] = lr_at(step, cfg.steps, lr)
-            batch = to_device(train_data.batch(train_data.sample(rng, cfg.batch_size, PER_CLIP)), device)
-            answers = batch["answers"]
-            f, _, _ = model.encode(batch)
+                g["lr"] = lr_at(step - cfg.steps, cfg.refit_steps, lr) if stage2 else lr_at(step, cfg.steps, lr)
+            if stage2:
+                batch = None
+                f, answers = cache.sample(rng, cfg.batch_size, PER_CLIP)
+            else:
+                batch = to_device(train_data.batch(train_data.sample(rng, cfg.batch_size, PER_CLIP)), device)
+                answers = batch["answers"]
+                f, _, _ = model.encode(batch)
             b = answers.shape[0]
-            terms = _terms(model, f, answers, cfg, gen, b, t, step >= avr_from, device)
-            if tagger is not None:
+            # with a stage 2, AVR learns there only: on the frozen features it will denoise
+            terms = _terms(model, f, answers, cfg, gen, b, t, step >= avr_from, device,
+                           denoise=stage2 or not cfg.refit_steps)
+            if tagger is not None and batch is not None:
                 terms["tag"] = tagger.loss(f.a, f.v, batch_labels(batch))
             total = terms["ce_complete"] + terms.get("ce_audio_pseudo", 0) + terms.get("ce_visual_pseudo", 0) \
                 + cfg.lambda_rmm * terms.get("rmm", 0) + cfg.lambda_ave * terms.get("ave", 0) \
@@ -188,18 +219,18 @@ def train(run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, data_spec: Di
                 raise AvqaError(f"the loss became {float(total)} at step {step}; nothing was saved past the last good checkpoint")
             opt.zero_grad(set_to_none=True)
             total.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
             opt.step()
             seen += b
             for k, v in [("loss", total), *terms.items()]:
                 ema[k] = float(v.detach()) if k not in ema else 0.98 * ema[k] + 0.02 * float(v.detach())
             info = " ".join(f"{k}={v:.3f}" for k, v in ema.items()) + f" | {seen / (time.time() - t_loop):.0f} q/s"
             bar.update(task, advance=1, info=info)
-            last = step + 1 == cfg.steps
+            last = step + 1 == total_steps
             if (step + 1) % cfg.eval_every == 0 or last:
                 method = "rmm+avr" if cfg.method == "rmm_avr" else "zero_fill"
                 val = validate(model, val_data, method, cfg.val_samples)
-                entry = {"step": step + 1, **ema, **val}
+                entry = {"step": step + 1, "stage": 2 if stage2 else 1, **ema, **val}
                 history.append(entry)
                 improved = val["score"] > best
                 if improved:
@@ -216,15 +247,21 @@ def train(run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, data_spec: Di
                                   + ("  (best, saved)" if improved else ""))
     elapsed = time.time() - t0
     plot_curves(history, run_dir / "curve.png")
-    summary = {"steps": cfg.steps, "best_val_score": best, "seconds": round(elapsed, 1), "parameters": n_params,
+    summary = {"steps": total_steps, "best_val_score": best, "seconds": round(elapsed, 1), "parameters": n_params,
                "flops_per_answer": flops}
-    write_json(run_dir / "state.json", {"step": cfg.steps, "best_score": best, "finished": True,
+    write_json(run_dir / "state.json", {"step": total_steps, "best_score": best, "finished": True,
                                         "history": history, "summary": summary})
     log(f"done in {elapsed / 60:.1f} min; best validation score {best:.3f}; run in {run_dir}")
     return summary
 
 
-def _terms(model: AVQAModel, f, answers, cfg: TrainConfig, gen, b: int, t: int, avr_phase: bool, device):
+def _tagger_params(tagger: Optional[EventTagger], stage2: bool) -> list:
+    """The tagger trains the encoders, so it learns in stage 1 only."""
+    return [] if tagger is None or stage2 else list(tagger.parameters())
+
+
+def _terms(model: AVQAModel, f, answers, cfg: TrainConfig, gen, b: int, t: int, avr_phase: bool, device,
+           denoise: bool = True):
     mask_a = random_masks(gen, b, t, cfg.p_full_missing).to(device)
     mask_v = random_masks(gen, b, t, cfg.p_full_missing).to(device)
     if cfg.method == "baseline":
@@ -237,14 +274,14 @@ def _terms(model: AVQAModel, f, answers, cfg: TrainConfig, gen, b: int, t: int, 
     if avr_phase and model.denoiser is not None:
         # the AVR phase: the sampler's cost bounds how many questions take the pseudo terms
         n = min(b, AVR_LOSS_BATCH)
-        out = model.losses(f, answers, mask_a, mask_v, False, MAX_DENOISE_PAIRS)
+        out = model.losses(f, answers, mask_a, mask_v, False, MAX_DENOISE_PAIRS if denoise else -1)
         sub = type(f)(f.a[:n], f.v[:n], f.q[:n])
         pa, pv = model.pseudo(sub)
         avr = model.pseudo_ce(sub, pa, pv, answers[:n], mask_a[:n], mask_v[:n], True)
         out["ce_audio_pseudo"] = 0.5 * (out["ce_audio_pseudo"] + avr["ce_audio_pseudo"])
         out["ce_visual_pseudo"] = 0.5 * (out["ce_visual_pseudo"] + avr["ce_visual_pseudo"])
         return out
-    return model.losses(f, answers, mask_a, mask_v, False, MAX_DENOISE_PAIRS)
+    return model.losses(f, answers, mask_a, mask_v, False, MAX_DENOISE_PAIRS if denoise else -1)
 
 
 def plot_curves(history, path: Path) -> None:
@@ -256,11 +293,15 @@ def plot_curves(history, path: Path) -> None:
     steps = [h["step"] for h in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     for k in ("ce_complete", "ce_audio_pseudo", "ce_visual_pseudo", "rmm", "ave", "tag"):
-        if k in history[0]:
-            ax1.plot(steps, [h[k] for h in history], label=k)
+        pts = [(h["step"], h[k]) for h in history if k in h]     # stage 1 and stage 2 log different terms
+        if pts:
+            ax1.plot(*zip(*pts), label=k)
     ax1.set_xlabel("step"), ax1.set_title("training losses"), ax1.legend()
     for k in MISSING_SCENARIOS:
         ax2.plot(steps, [h[k] for h in history], marker="o", label=k)
+    stage2 = [h["step"] for h in history if h.get("stage") == 2]
+    for ax in (ax1, ax2) if stage2 else ():
+        ax.axvline(stage2[0], color="grey", linestyle=":", label=None)
     ax2.set_xlabel("step"), ax2.set_ylabel("accuracy"), ax2.set_title("validation"), ax2.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -15,6 +15,10 @@ from avqa_edge.runtime.text import Vocabulary
 from .types import FeatureSplit, RawSplit
 
 
+def to_device(batch: Dict[str, torch.Tensor], device: torch.device) -> Dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
 class SplitData:
     def __init__(self, split: Union[RawSplit, FeatureSplit], vocab: Vocabulary, answers: Sequence[str],
                  strict_answers: bool = True):

@@ -130,9 +130,7 @@ class Backbone(nn.Module):
         self.pos_hw = nn.Parameter(torch.zeros(1, 1, hw, dim))
         self.pos_t = nn.Parameter(torch.zeros(1, t_segments, dim))
         self.type_av = nn.Parameter(torch.zeros(2, dim))
-        nn.init.normal_(self.pos_hw, std=0.5)
-        nn.init.normal_(self.pos_t, std=0.5)
-        nn.init.normal_(self.type_av, std=0.5)
+        self._init_embeddings()
         self.ground_a = Attention(dim, heads)
         self.ground_q = Attention(dim, heads)
         self.ground_mix = nn.Linear(3 * dim, dim)
@@ -141,10 +139,24 @@ class Backbone(nn.Module):
         self.temporal_v = QueryPool(dim, heads)
         self.fuse = nn.Linear(2 * dim, dim)
         self.head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, n_answers))
+        self._init_layers()
+
+    def reset_parameters(self) -> None:
+        """Draw fresh initial weights (training's stage 2 refits the backbone from scratch)."""
+        self._init_embeddings()
+        self._init_layers()
+
+    def _init_embeddings(self) -> None:
+        for par in (self.pos_hw, self.pos_t, self.type_av):
+            nn.init.normal_(par, std=0.5)
+
+    def _init_layers(self) -> None:
         for mod in self.modules():           # variance-preserving init (see the module docstring)
             if isinstance(mod, nn.Linear):
                 nn.init.xavier_uniform_(mod.weight)
                 nn.init.zeros_(mod.bias)
+            elif isinstance(mod, nn.LayerNorm):
+                mod.reset_parameters()
 
     def forward(self, a: torch.Tensor, v: torch.Tensor, q: torch.Tensor,
                 prefix_kv: Optional[torch.Tensor] = None,
