@@ -182,18 +182,9 @@ def train(run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, data_spec: Di
             stage2 = step >= cfg.steps
             if stage2 and cache is None:
                 if step == cfg.steps:          # entering stage 2: a fresh backbone and optimizer
-                    with torch.random.fork_rng(devices=[]):
-                        torch.manual_seed(cfg.seed + 1)
-                        model.backbone.reset_parameters()
-                    freeze_encoders(model)
-                    opt = torch.optim.Adam(trainable(model, True), lr=lr)
-                t1 = time.time()
+                    opt = _fresh_backbone(model, cfg.seed, lr)
                 ema.clear()                    # the running loss means start again with the stage
-                model.eval()
-                cache = FeatureCache(model, train_data, device)
-                bar.console.print(f"stage 2 from step {step}: encoders frozen, backbone re-initialized; "
-                                  + (f"features cached ({cache.nbytes / 2 ** 20:.0f} MB) in {time.time() - t1:.1f}s"
-                                     if cache.cached else "features too large to cache: encoding each batch"))
+                cache = _cache_features(model, train_data, device, step, bar.console.print)
             model.train()
             if stage2:
                 freeze_encoders(model)
@@ -255,6 +246,26 @@ def train(run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, data_spec: Di
     return summary
 
 
+def _fresh_backbone(model: AVQAModel, seed: int, lr: float) -> torch.optim.Optimizer:
+    """Stage 2 begins: the backbone redrawn (seeded), the encoders frozen. -> its optimizer."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 1)
+        model.backbone.reset_parameters()
+    freeze_encoders(model)
+    return torch.optim.Adam(trainable(model, True), lr=lr)
+
+
+def _cache_features(model: AVQAModel, data: SplitData, device, step: int, say: Callable[[str], None]) -> FeatureCache:
+    t0 = time.time()
+    freeze_encoders(model)
+    model.eval()
+    cache = FeatureCache(model, data, device)
+    say(f"stage 2 from step {step}: encoders frozen; "
+        + (f"features cached ({cache.nbytes / 2 ** 20:.0f} MB) in {time.time() - t0:.1f}s"
+           if cache.cached else "features too large to cache: encoding each batch"))
+    return cache
+
+
 def _tagger_params(tagger: Optional[EventTagger], stage2: bool) -> list:
     """The tagger trains the encoders, so it learns in stage 1 only."""
     return [] if tagger is None or stage2 else list(tagger.parameters())
@@ -299,9 +310,9 @@ def plot_curves(history, path: Path) -> None:
     ax1.set_xlabel("step"), ax1.set_title("training losses"), ax1.legend()
     for k in MISSING_SCENARIOS:
         ax2.plot(steps, [h[k] for h in history], marker="o", label=k)
-    stage2 = [h["step"] for h in history if h.get("stage") == 2]
-    for ax in (ax1, ax2) if stage2 else ():
-        ax.axvline(stage2[0], color="grey", linestyle=":", label=None)
+    stage1 = [h["step"] for h in history if h.get("stage", 1) == 1]
+    for ax in (ax1, ax2) if stage1 and stage1[-1] < steps[-1] else ():   # where stage 2 began
+        ax.axvline(stage1[-1], color="grey", linestyle=":", label=None)
     ax2.set_xlabel("step"), ax2.set_ylabel("accuracy"), ax2.set_title("validation"), ax2.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
