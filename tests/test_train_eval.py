@@ -63,6 +63,21 @@ def test_eval_of_a_no_rmm_ablation_scores_its_fullest_method(tiny_spec, tmp_path
     assert "addressing_entropy" not in out
 
 
+def test_eval_of_a_dropout_run_on_its_own_names_its_rows(tiny_spec, tmp_path):
+    """`avqa-edge eval DROPOUT_RUN` (no --compare): every scenario has one row, "dropout"."""
+    from avqa_edge.toolkit.config import TrainConfig, preset
+    from avqa_edge.toolkit.eval import run_eval
+    from avqa_edge.toolkit.train import train
+    run = tmp_path / "drop"
+    train(run, preset("edge"), TrainConfig(method="dropout", steps=4, refit_steps=4, batch_size=16, eval_every=4,
+                                           val_samples=16), tiny_spec, log=lambda *_: None)
+    out = run_eval(run, tmp_path / "e.json", [], sweep=False, seed=0, log=lambda *_: None)
+    for scen in ("complete", "audio_missing", "visual_missing"):
+        assert set(out["scenarios"][scen]) == {"dropout"}, scen
+    assert json.loads((tmp_path / "e.json").read_text())["scenarios"]["complete"]["dropout"]["overall"] \
+        == out["scenarios"]["complete"]["dropout"]["overall"]
+
+
 def test_train_refuses_to_overwrite_a_run(tiny_run):
     run, _ = tiny_run
     res = CliRunner().invoke(app, ["train", "--out", str(run)])

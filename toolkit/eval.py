@@ -122,8 +122,9 @@ def run_eval(run_dir: Path, json_path: Optional[Path], compare: List[Path], swee
             qs, preds = predict(m, test, scen, meth, limit=limit, feat_std=stds[id(m)], seed=seed,
                                 progress=lambda k: bar.advance(task, k), prompts=bank)
             results.setdefault(scen, {})[label] = score(test, qs, preds)
-    # complete: nothing is missing, so every fill method gives the same answers
-    for meth in FILL_METHODS:
+    # complete: nothing is missing, so every fill method gives the same answers (a baseline or
+    # dropout run has one row, already named after it)
+    for meth in FILL_METHODS if main_name == "rmm_avr" else ():
         if _applies(model, meth):
             results["complete"].setdefault(meth, results["complete"]["zero_fill"])
 
