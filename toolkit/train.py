@@ -159,8 +159,6 @@ def train(run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, data_spec: Di
         + (f", event tagging x {cfg.tag_weight:g}" if tagger is not None else ""))
 
     total_steps = cfg.steps + cfg.refit_steps
-    if start > cfg.steps:                  # resuming inside stage 2
-        freeze_encoders(model)
     opt = torch.optim.Adam(trainable(model, start > cfg.steps) + _tagger_params(tagger, start > cfg.steps), lr=lr)
     if tensors is not None:
         restore_optimizer(opt, tensors)
@@ -247,11 +245,10 @@ def train(run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, data_spec: Di
 
 
 def _fresh_backbone(model: AVQAModel, seed: int, lr: float) -> torch.optim.Optimizer:
-    """Stage 2 begins: the backbone redrawn (seeded), the encoders frozen. -> its optimizer."""
+    """Stage 2 begins: the backbone redrawn (seeded). -> the optimizer of all but the encoders."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 1)
         model.backbone.reset_parameters()
-    freeze_encoders(model)
     return torch.optim.Adam(trainable(model, True), lr=lr)
 
 
@@ -275,6 +272,7 @@ def _terms(model: AVQAModel, f, answers, cfg: TrainConfig, gen, b: int, t: int, 
            denoise: bool = True):
     mask_a = random_masks(gen, b, t, cfg.p_full_missing).to(device)
     mask_v = random_masks(gen, b, t, cfg.p_full_missing).to(device)
+    pairs = MAX_DENOISE_PAIRS if denoise else -1     # -1: no L_ave
     if cfg.method == "baseline":
         return {"ce_complete": F.cross_entropy(model.backbone(f.a, f.v, f.q), answers)}
     if cfg.method == "dropout":
@@ -285,14 +283,14 @@ def _terms(model: AVQAModel, f, answers, cfg: TrainConfig, gen, b: int, t: int, 
     if avr_phase and model.denoiser is not None:
         # the AVR phase: the sampler's cost bounds how many questions take the pseudo terms
         n = min(b, AVR_LOSS_BATCH)
-        out = model.losses(f, answers, mask_a, mask_v, False, MAX_DENOISE_PAIRS if denoise else -1)
+        out = model.losses(f, answers, mask_a, mask_v, False, pairs)
         sub = type(f)(f.a[:n], f.v[:n], f.q[:n])
         pa, pv = model.pseudo(sub)
         avr = model.pseudo_ce(sub, pa, pv, answers[:n], mask_a[:n], mask_v[:n], True)
         out["ce_audio_pseudo"] = 0.5 * (out["ce_audio_pseudo"] + avr["ce_audio_pseudo"])
         out["ce_visual_pseudo"] = 0.5 * (out["ce_visual_pseudo"] + avr["ce_visual_pseudo"])
         return out
-    return model.losses(f, answers, mask_a, mask_v, False, MAX_DENOISE_PAIRS if denoise else -1)
+    return model.losses(f, answers, mask_a, mask_v, False, pairs)
 
 
 def plot_curves(history, path: Path) -> None:
