@@ -37,3 +37,16 @@ def test_cli_report_and_bad_extra(tmp_path):
     assert (tmp_path / "r.md").read_text().startswith("Mean ± std over 2 training seeds")
     res = CliRunner().invoke(app, ["report", *files, "--extra", "nolabel"])
     assert res.exit_code == 1 and "LABEL=FILE" in res.output
+
+
+def test_gap_line_lists_each_seed_with_its_interval(tmp_path):
+    files = []
+    for i, (gap, ci) in enumerate([(0.53, [0.30, 0.75]), (0.19, None)]):
+        path = _eval(tmp_path, f"g{i}", 0.6, 0.5, 0.5)
+        d = json.loads(path.read_text())
+        row = {"answerable_types": gap, **({"answerable_types_ci95": ci} if ci else {})}
+        d["gap_closed"] = {"visual_missing": row}
+        path.write_text(json.dumps(d))
+        files.append(path)
+    text = report(files)
+    assert "visual_missing 36.0 ± 24.0 % (53 [30, 75], 19)" in text

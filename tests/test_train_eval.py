@@ -36,6 +36,10 @@ def test_eval_scenarios_and_determinism(tiny_run, tmp_path):
     a = run_eval(run, tmp_path / "a.json", [], sweep=False, seed=0, log=lambda *_: None)
     b = run_eval(run, tmp_path / "b.json", [], sweep=False, seed=0, log=lambda *_: None)
     assert a["scenarios"] == b["scenarios"], "same seed, same numbers"
+    assert json.dumps(a["gap_closed"]) == json.dumps(b["gap_closed"]), "and the same gap intervals (nan-safe)"
+    for scen in ("audio_missing", "visual_missing"):
+        lo, hi = a["gap_closed"][scen]["answerable_types_ci95"]
+        assert lo <= hi or (lo != lo and hi != hi), "an interval, or nan when no gap can be resampled"
     assert set(a["scenarios"]) == set(SCENARIOS)
     for scen in ("audio_missing", "visual_missing"):
         assert set(a["scenarios"][scen]) == {"zero_fill", "rmm", "avr", "rmm+avr"}
@@ -46,6 +50,18 @@ def test_eval_scenarios_and_determinism(tiny_run, tmp_path):
     on_disk = json.loads((tmp_path / "a.json").read_text())
     assert on_disk["scenarios"]["complete"]["zero_fill"]["overall"] == a["scenarios"]["complete"]["zero_fill"]["overall"]
     assert "addressing_entropy" in a and a["addressing_entropy"]["entropy_uniform"] > 4.0
+
+
+def test_eval_on_a_larger_test_split(tiny_run, tmp_path):
+    """`eval --test-clips N` scores N fresh test clips of the same benchmark (and says so)."""
+    run, _ = tiny_run
+    res = CliRunner().invoke(app, ["eval", str(run), "--no-sweep", "--test-clips", "24", "--json", str(tmp_path / "e.json")])
+    assert res.exit_code == 0, res.output
+    out = json.loads((tmp_path / "e.json").read_text())
+    assert out["n"] == 24 * 6 and out["data"]["synth"]["test_clips"] == 24
+    assert read_json(run / "config.json")["data"]["synth"]["test_clips"] == 16, "the run itself is unchanged"
+    res = CliRunner().invoke(app, ["eval", str(run), "--no-sweep", "--test-clips", "-3"])
+    assert res.exit_code == 1 and "must be positive" in res.output
 
 
 def test_eval_of_a_no_rmm_ablation_scores_its_fullest_method(tiny_spec, tmp_path):

@@ -18,7 +18,7 @@ from .checkpoint import load_model, read_json, write_json
 from .data.loader import SplitData
 from .data.sources import load_split
 from .evaluate import (ANSWERABLE, MISSING_SCENARIOS, NOISE_SCENARIOS, UNCERTAIN, answerable_accuracy, feature_std,
-                       gap_closed, markdown_table, predict, score)
+                       gap_closed, gap_interval, is_correct, markdown_table, predict, score)
 from .model.avqa import FILL_METHODS
 
 SWEEP_RATIOS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -50,10 +50,11 @@ def question_only_prior(train_split, test_data: SplitData, answers: List[str]) -
 
 
 def run_eval(run_dir: Path, json_path: Optional[Path], compare: List[Path], sweep: bool = True,
-             limit: int = 0, seed: int = 0, log=print, prompt: Optional[Path] = None) -> Dict:
+             limit: int = 0, seed: int = 0, log=print, prompt: Optional[Path] = None, test_clips: int = 0) -> Dict:
     """Score `run_dir` (and the `compare` runs on the same inputs) under every scenario; with a
     prompt run trained on it, also prompt_all / prompt_oracle everywhere and prompt_detect
-    under `uncertain`."""
+    under `uncertain`. `test_clips` (built-in benchmark only) generates a test split of that
+    many clips instead of the run's: the same generator and seed, disjoint from training."""
     from rich.console import Console
     from rich.progress import Progress
     console = Console()
@@ -72,10 +73,17 @@ def run_eval(run_dir: Path, json_path: Optional[Path], compare: List[Path], swee
         from .prompt_train import load_prompts
         bank, _ = load_prompts(prompt, run_dir)
     spec = config["data"]
+    test_spec = spec
+    if test_clips:
+        if spec["kind"] != "builtin":
+            raise AvqaError("--test-clips applies to the built-in benchmark only")
+        if test_clips < 1:
+            raise AvqaError(f"--test-clips must be positive, got {test_clips}")
+        test_spec = {**spec, "synth": {**spec["synth"], "test_clips": test_clips}}
     log(f"loading test data ({spec['kind']}) ...")
     vocab = Vocabulary(config["model"]["vocab"])
     answers = config["model"]["answers"]
-    test = SplitData(load_split(spec, "test"), vocab, answers, strict_answers=False)
+    test = SplitData(load_split(test_spec, "test"), vocab, answers, strict_answers=False)
     val = SplitData(load_split(spec, "val"), vocab, answers, strict_answers=False)
     if model.cfg.inputs == "raw":
         for d in (test, val):
@@ -112,6 +120,7 @@ def run_eval(run_dir: Path, json_path: Optional[Path], compare: List[Path], swee
         jobs = [(s, main_name if mm is model and meth in ("zero_fill", "none") else lbl, mm, meth) for s, lbl, mm, meth in jobs]
 
     results: Dict[str, Dict[str, Dict[str, float]]] = {}
+    answered = {}   # (scenario, label) -> (question ids, right or not): the gap's interval
     stds = {id(m): feature_std(m, val) for m in {id(j[2]): j[2] for j in jobs}.values()}   # noise scale per model
     std = stds[id(model)]
     log(f"{n} test questions; feature std on validation: audio {std[0]:.3f}, visual {std[1]:.3f}")
@@ -122,6 +131,8 @@ def run_eval(run_dir: Path, json_path: Optional[Path], compare: List[Path], swee
             qs, preds = predict(m, test, scen, meth, limit=limit, feat_std=stds[id(m)], seed=seed,
                                 progress=lambda k: bar.advance(task, k), prompts=bank)
             results.setdefault(scen, {})[label] = score(test, qs, preds)
+            if m is model and scen in MISSING_SCENARIOS:
+                answered[scen, label] = (qs, is_correct(test, qs, preds))
     # complete: nothing is missing, so every fill method gives the same answers (a baseline or
     # dropout run has one row, already named after it)
     for meth in FILL_METHODS if main_name == "rmm_avr" else ():
@@ -129,7 +140,7 @@ def run_eval(run_dir: Path, json_path: Optional[Path], compare: List[Path], swee
             results["complete"].setdefault(meth, results["complete"]["zero_fill"])
 
     out = {"scenarios": results, "n": n, "run": str(run_dir), "model_hash": config.get("model_hash"),
-           "data": spec, "generator_version": spec.get("generator_version"), "seed": seed,
+           "data": test_spec, "generator_version": spec.get("generator_version"), "seed": seed,
            "feature_std_val": {"audio": std[0], "visual": std[1]},
            "prompt_run": str(prompt) if prompt is not None else None,
            "uncertain": {"conditions": ["complete", "audio_missing", "visual_missing", "audio_noisy", "visual_noisy"],
@@ -142,6 +153,7 @@ def run_eval(run_dir: Path, json_path: Optional[Path], compare: List[Path], swee
         for scen, types in ANSWERABLE.items():
             row = {"overall": gap_closed(results, scen, fill, list(types))}
             row["answerable_types"] = _gap_answerable(results, scen, fill, list(types), test)
+            row["answerable_types_ci95"] = _gap_ci(answered, scen, fill, list(types), test, seed)
             for base in [name for name, _ in others]:
                 row[f"vs_{base}_answerable"] = (answerable_accuracy(results[scen][fill], test, list(types))
                                                 - answerable_accuracy(results[scen][base], test, list(types)))
@@ -163,7 +175,9 @@ def run_eval(run_dir: Path, json_path: Optional[Path], compare: List[Path], swee
     if out.get("gap_closed"):
         for scen, row in out["gap_closed"].items():
             md.append(f"- {scen}: gap zero_fill -> complete closed by {out['gap_method']}: overall "
-                      f"{100 * row['overall']['overall']:.0f} %, on answerable types {100 * row['answerable_types']:.0f} %")
+                      f"{100 * row['overall']['overall']:.0f} %, on answerable types {100 * row['answerable_types']:.0f} % "
+                      f"(95 % interval over test clips {100 * row['answerable_types_ci95'][0]:.0f} to "
+                      f"{100 * row['answerable_types_ci95'][1]:.0f} %; training runs vary more, see the README)")
     md.append(f"- {UNCERTAIN}: each clip draws complete / audio missing / visual missing / audio noisy / visual noisy "
               "(seed fixed); no method is told which, methods that fill see only observable absence (black frames, "
               "silence)" + ("; prompt_detect picks the prompt set from that, prompt_oracle is told the case, "
@@ -193,6 +207,14 @@ def _gap_answerable(results, scen, meth, types, data) -> float:
     zero = answerable_accuracy(results[scen]["zero_fill"], data, types)
     got = answerable_accuracy(results[scen][meth], data, types)
     return (got - zero) / (comp - zero) if abs(comp - zero) > 1e-9 else float("nan")
+
+
+def _gap_ci(answered, scen, meth, types, data, seed) -> List[float]:
+    """95 % bootstrap interval of `_gap_answerable` over test clips (the three rows are paired)."""
+    (qs, ok_c), (qz, ok_z), (qm, ok_m) = (answered[k] for k in (("complete", "zero_fill"), (scen, "zero_fill"), (scen, meth)))
+    assert np.array_equal(qs, qz) and np.array_equal(qs, qm), "rows scored on different questions"
+    return list(gap_interval(np.array(data.qtypes)[qs], data.clip[torch.from_numpy(qs)].numpy(), ok_c, ok_z, ok_m,
+                             types, seed=seed))
 
 
 def _fullest(model) -> Optional[str]:

@@ -190,13 +190,18 @@ def predict(model, data: SplitData, scenario: str, method: str, batch_size: int 
     return np.concatenate(qs), np.concatenate(preds)
 
 
+def is_correct(data: SplitData, qs: np.ndarray, preds: np.ndarray) -> np.ndarray:
+    """(N,) bool: was each question answered right."""
+    return preds == data.answers[torch.from_numpy(qs)].numpy()
+
+
 def score(data: SplitData, qs: np.ndarray, preds: np.ndarray) -> Dict[str, float]:
     """Accuracy overall and per question type, in [0, 1]."""
-    correct = preds == data.answers[torch.from_numpy(qs)].numpy()
+    ok = is_correct(data, qs, preds)
     types = np.array(data.qtypes)[qs]
-    out = {"overall": float(correct.mean()) if len(correct) else float("nan")}
+    out = {"overall": float(ok.mean()) if len(ok) else float("nan")}
     for qt in sorted(set(types.tolist())):
-        out[qt] = float(correct[types == qt].mean())
+        out[qt] = float(ok[types == qt].mean())
     return out
 
 
@@ -243,6 +248,31 @@ def gap_closed(results: Dict, scenario: str, method: str, types: Sequence[str]) 
             gap = comp[key] - zero[key]
             out[key] = (meth[key] - zero[key]) / gap if abs(gap) > 1e-9 else float("nan")
     return out
+
+
+def gap_interval(qtypes: np.ndarray, clips: np.ndarray, ok_complete: np.ndarray, ok_zero: np.ndarray,
+                 ok_method: np.ndarray, types: Sequence[str], n_boot: int = 2000, seed: int = 0) -> Tuple[float, float]:
+    """95 % bootstrap interval of the question-weighted gap closed on `types`,
+    (sum ok_method - sum ok_zero) / (sum ok_complete - sum ok_zero) over those questions.
+
+    All arrays are per test question (N,), aligned. Test clips are resampled with replacement,
+    a clip's questions together (they share a scene), and the three methods stay paired. The
+    interval covers the test sample's noise only, not the spread between training runs."""
+    sel = np.isin(qtypes, list(types))
+    _, clip_of = np.unique(clips[sel], return_inverse=True)                # (n,) clip index 0..K-1
+    k = int(clip_of.max()) + 1 if sel.any() else 0
+    if k == 0:
+        return float("nan"), float("nan")
+    per_clip = np.stack([np.bincount(clip_of, weights=ok[sel].astype(np.float64), minlength=k)
+                         for ok in (ok_complete, ok_zero, ok_method)], 1)  # (K, 3) correct answers
+    draws = np.random.default_rng(seed).integers(0, k, (n_boot, k))
+    tot = np.stack([per_clip[d].sum(0) for d in draws])                   # (n_boot, 3)
+    gap = tot[:, 0] - tot[:, 1]
+    ratio = (tot[:, 2] - tot[:, 1])[gap != 0] / gap[gap != 0]
+    if not len(ratio):
+        return float("nan"), float("nan")
+    lo, hi = np.percentile(ratio, [2.5, 97.5])
+    return float(lo), float(hi)
 
 
 def answerable_accuracy(acc: Dict[str, float], data: SplitData, types: Sequence[str]) -> float:

@@ -43,6 +43,11 @@ def _ms(values: Sequence[float]) -> str:
     return f"{v.mean():.1f} ± {v.std(ddof=1):.1f}" if len(v) > 1 else f"{v[0]:.1f}"
 
 
+def _seed_gap(row: Dict) -> str:
+    ci = row.get("answerable_types_ci95")
+    return f"{100 * row['answerable_types']:.0f}" + (f" [{100 * ci[0]:.0f}, {100 * ci[1]:.0f}]" if ci else "")
+
+
 def answerable_mean(acc: Dict[str, float], scenario: str) -> float:
     """Unweighted mean accuracy over the question types the remaining sensor can answer."""
     return float(np.mean([acc[t] for t in ANSWERABLE[scenario] if t in acc]))
@@ -91,10 +96,11 @@ def report(paths: Sequence[Path], extra: Dict[str, Sequence[Path]] = None) -> st
     q_only = [r["question_only"]["overall"] for r in results if "question_only" in r]
     if q_only:
         lines += ["", f"Question-only prior: {_ms(q_only)}."]
-    gaps = {s: [r["gap_closed"][s]["answerable_types"] for r in results if s in r.get("gap_closed", {})]
-            for s in ANSWERABLE}
-    lines += ["", "Gap closed by rmm+avr between zero_fill and complete, on the answerable types: "
-              + "; ".join(f"{s} {_ms(g)} %" for s, g in gaps.items() if g) + "."]
+    gaps = {s: [r["gap_closed"][s] for r in results if s in r.get("gap_closed", {})] for s in ANSWERABLE}
+    lines += ["", "Gap closed by rmm+avr between zero_fill and complete, on the answerable types "
+              "(per seed, with its 95 % interval over test clips where eval gave one): "
+              + "; ".join(f"{s} {_ms([r['answerable_types'] for r in g])} % ({', '.join(map(_seed_gap, g))})"
+                          for s, g in gaps.items() if g) + "."]
     crit = [c for s in ANSWERABLE for c in criterion(rows, s)]
     if crit:
         lines += ["", "rmm+avr minus each baseline, per answerable type (paired over seeds, points):", "",
