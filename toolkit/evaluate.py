@@ -259,8 +259,8 @@ def gap_interval(qtypes: np.ndarray, clips: np.ndarray, ok_complete: np.ndarray,
     a clip's questions together (they share a scene), and the three methods stay paired. The
     interval covers the test sample's noise only, not the spread between training runs."""
     sel = np.isin(qtypes, list(types))
-    _, clip_of = np.unique(clips[sel], return_inverse=True)                # (n,) clip index 0..K-1
-    k = int(clip_of.max()) + 1 if sel.any() else 0
+    uniq, clip_of = np.unique(clips[sel], return_inverse=True)             # (n,) clip index 0..K-1
+    k = len(uniq)
     if k == 0:
         return float("nan"), float("nan")
     per_clip = np.stack([np.bincount(clip_of, weights=ok[sel].astype(np.float64), minlength=k)
