@@ -150,7 +150,8 @@ def test_resume_continues_from_the_last_checkpoint(tiny_spec, tmp_path):
     res = CliRunner().invoke(app, ["train", "--out", str(run), "--resume"])
     assert res.exit_code == 0, res.output
     state = read_json(run / "state.json")
-    assert state["finished"] and [h["step"] for h in state["history"]] == [3, 6, 9, 12, 15, 18]
+    # stage 1 is validated at its end only (stage 2 follows), the last stage every eval_every steps
+    assert state["finished"] and [h["step"] for h in state["history"]] == [6, 9, 12, 15, 18]
     after = load_file(str(run / "last.safetensors"))
     model = [k for k in before if not k.startswith(("opt.", "tagger."))]
     encoders = [k for k in model if k.startswith(("audio_encoder.", "visual_encoder.", "question_encoder."))]
@@ -172,3 +173,21 @@ def test_runs_of_an_older_model_version_are_refused_cleanly(tiny_run, tmp_path):
     (old / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(AvqaError, match="model version 1"):
         load_model(old)
+
+
+def test_stage_1_writes_resume_checkpoints_between_its_validations(tiny_spec, tmp_path, monkeypatch):
+    from avqa_edge.toolkit import train as T
+    from avqa_edge.toolkit.config import TrainConfig, preset
+    saves = []
+    real = T.save_tensors
+
+    def recording(path, tensors, meta):
+        saves.append((path.name, int(meta["step"])))
+        return real(path, tensors, meta)
+
+    monkeypatch.setattr(T, "save_tensors", recording)
+    T.train(tmp_path / "run", preset("edge"), TrainConfig(steps=6, refit_steps=6, batch_size=16, eval_every=3,
+                                                          val_samples=16), tiny_spec, log=lambda *_: None)
+    assert [s for name, s in saves if name == "last.safetensors"] == [3, 6, 9, 12], "every eval_every steps, both stages"
+    state = read_json(tmp_path / "run" / "state.json")
+    assert [h["step"] for h in state["history"]] == [6, 9, 12], "stage 1 validated at its end only"

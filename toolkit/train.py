@@ -159,7 +159,8 @@ def train(run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, data_spec: Di
         + (f", event tagging x {cfg.tag_weight:g}" if tagger is not None else ""))
 
     total_steps = cfg.steps + cfg.refit_steps
-    opt = torch.optim.Adam(trainable(model, start > cfg.steps) + _tagger_params(tagger, start > cfg.steps), lr=lr)
+    opt = torch.optim.Adam(trainable(model, start > cfg.steps) + _tagger_params(tagger, start > cfg.steps), lr=lr,
+                           foreach=True)   # one kernel per op for all parameters: the same numbers, ~1.5 ms less a step
     if tensors is not None:
         restore_optimizer(opt, tensors)
     cache: Optional[FeatureCache] = None
@@ -216,24 +217,28 @@ def train(run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, data_spec: Di
             info = " ".join(f"{k}={v:.3f}" for k, v in ema.items()) + f" | {seen / (time.time() - t_loop):.0f} q/s"
             bar.update(task, advance=1, info=info)
             last = step + 1 == total_steps
-            if (step + 1) % cfg.eval_every == 0 or last:
-                method = "rmm+avr" if cfg.method == "rmm_avr" else "zero_fill"
-                val = validate(model, val_data, method, cfg.val_samples)
-                entry = {"step": step + 1, "stage": 2 if stage2 else 1, **ema, **val}
-                history.append(entry)
-                improved = val["score"] > best
-                if improved:
-                    best = val["score"]
-                    save_tensors(run_dir / "model.safetensors", model.state_dict(),
-                                 {"config_hash": model_cfg.hash(), "step": str(step + 1)})
+            stage_end = last or step + 1 == cfg.steps
+            if (step + 1) % cfg.eval_every == 0 or stage_end:
+                # a stage that a stage 2 follows is validated at its end only (stage 2 redraws the
+                # backbone, so its scores say little of the final model; eleven validations cost
+                # about 35 s of the 15-minute budget), but its checkpoint for --resume is written
+                if stage2 or stage_end or not cfg.refit_steps:
+                    method = "rmm+avr" if cfg.method == "rmm_avr" else "zero_fill"
+                    val = validate(model, val_data, method, cfg.val_samples)
+                    history.append({"step": step + 1, "stage": 2 if stage2 else 1, **ema, **val})
+                    improved = val["score"] > best
+                    if improved:
+                        best = val["score"]
+                        save_tensors(run_dir / "model.safetensors", model.state_dict(),
+                                     {"config_hash": model_cfg.hash(), "step": str(step + 1)})
+                    bar.console.print(f"step {step + 1}: val complete {val['complete']:.3f} audio_missing "
+                                      f"{val['audio_missing']:.3f} visual_missing {val['visual_missing']:.3f}"
+                                      + ("  (best, saved)" if improved else ""))
                 extra = {"tagger." + k: v for k, v in tagger.state_dict().items()} if tagger is not None else {}
                 save_tensors(run_dir / "last.safetensors", {**model.state_dict(), **extra, **optimizer_tensors(opt)},
                              {"config_hash": model_cfg.hash(), "step": str(step + 1)})
                 write_json(run_dir / "state.json", {"step": step + 1, "best_score": best, "finished": last,
                                                     "history": history})
-                bar.console.print(f"step {step + 1}: val complete {val['complete']:.3f} audio_missing "
-                                  f"{val['audio_missing']:.3f} visual_missing {val['visual_missing']:.3f}"
-                                  + ("  (best, saved)" if improved else ""))
     elapsed = time.time() - t0
     plot_curves(history, run_dir / "curve.png")
     summary = {"steps": total_steps, "best_val_score": best, "seconds": round(elapsed, 1), "parameters": n_params,
@@ -249,7 +254,7 @@ def _fresh_backbone(model: AVQAModel, seed: int, lr: float) -> torch.optim.Optim
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 1)
         model.backbone.reset_parameters()
-    return torch.optim.Adam(trainable(model, True), lr=lr)
+    return torch.optim.Adam(trainable(model, True), lr=lr, foreach=True)
 
 
 def _cache_features(model: AVQAModel, data: SplitData, device, step: int, say: Callable[[str], None]) -> FeatureCache:
