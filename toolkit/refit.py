@@ -1,6 +1,8 @@
 """Training's stage 2: the encoders frozen, the rest of the model refit on their features.
 
-Stage 1 trains everything end to end. Stage 2 freezes the encoders (audio, visual, question)
+Stage 1 trains the encoders and a backbone end to end on the complete answer and the event
+tags, the same for every method (the method's pseudo terms are left to stage 2; in stage 1
+they cost 45 % of a step). Stage 2 freezes the encoders (audio, visual, question)
 and caches their features for the whole training split, re-initializes the backbone, and
 trains it, RMM and AVR on those features with the method's own loss (Eq. 8 for rmm_avr). This
 is the paper's own setting: its backbone, RMM and AVR learn on frozen pre-extracted features.

@@ -168,14 +168,14 @@ class AVQAModel(nn.Module):
         mask_a / mask_v: the segments treated as missing in the two pseudo terms. When
         use_avr_in_loss, the pseudo pairs go through the AVR sampler without gradient and a
         straight-through estimator passes the backbone's gradient to the RMM (backpropagating
-        through all S sampler steps is ~20x slower per step). max_pairs < 0 leaves L_ave out."""
+        through all S sampler steps is ~20x slower per step)."""
         cfg = self.cfg
         out = {"ce_complete": F.cross_entropy(self.backbone(f.a, f.v, f.q), answers)}
         pa, pv = self.pseudo(f)
         out.update(self.pseudo_ce(f, pa, pv, answers, mask_a, mask_v, use_avr_in_loss))
         if self.rmm is not None:
             out["rmm"] = recall_loss(f.a.detach(), pa, cfg.recall_loss) + recall_loss(f.v.detach(), pv, cfg.recall_loss)
-        if self.denoiser is not None and max_pairs >= 0:
+        if self.denoiser is not None:
             out["ave"] = self.denoise_loss(f, max_pairs)
         return out
 
