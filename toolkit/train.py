@@ -205,7 +205,7 @@ def train(run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, data_spec: Di
                 # the complete answer and the event tags. The method (Eq. 8, dropout) is stage 2's, on
                 # the frozen features, as the paper's is on pre-extracted ones; the pseudo terms here
                 # cost 45 % of a stage-1 step (143 against 79 ms at two threads)
-                terms = {"ce_complete": F.cross_entropy(model.backbone(f.a, f.v, f.q), answers)}
+                terms = _complete_term(model, f, answers)
             if tagger is not None and batch is not None:
                 terms["tag"] = tagger.loss(f.a, f.v, batch_labels(batch))
             total = terms["ce_complete"] + terms.get("ce_audio_pseudo", 0) + terms.get("ce_visual_pseudo", 0) \
@@ -279,16 +279,21 @@ def _tagger_params(tagger: Optional[EventTagger], stage2: bool) -> list:
     return [] if tagger is None or stage2 else list(tagger.parameters())
 
 
+def _complete_term(model: AVQAModel, f, answers) -> Dict[str, torch.Tensor]:
+    """CE on the real pair: baseline's whole loss, and every method's in a stage 1 that a stage 2 follows."""
+    return {"ce_complete": F.cross_entropy(model.backbone(f.a, f.v, f.q), answers)}
+
+
 def _terms(model: AVQAModel, f, answers, cfg: TrainConfig, gen, b: int, t: int, avr_phase: bool, device):
     """The method's loss terms: Eq. 8's for rmm_avr (with the AVR phase's sampler when avr_phase),
     the complete term alone for baseline, and the complete and dropped-out terms for dropout."""
     mask_a = random_masks(gen, b, t, cfg.p_full_missing).to(device)
     mask_v = random_masks(gen, b, t, cfg.p_full_missing).to(device)
     if cfg.method == "baseline":
-        return {"ce_complete": F.cross_entropy(model.backbone(f.a, f.v, f.q), answers)}
+        return _complete_term(model, f, answers)
     if cfg.method == "dropout":
         ma, mv = mask_a[..., None], mask_v[..., None, None, None]
-        return {"ce_complete": F.cross_entropy(model.backbone(f.a, f.v, f.q), answers),
+        return {**_complete_term(model, f, answers),
                 "ce_audio_pseudo": F.cross_entropy(model.backbone(f.a * ma, f.v, f.q), answers),
                 "ce_visual_pseudo": F.cross_entropy(model.backbone(f.a, f.v * mv, f.q), answers)}
     if avr_phase and model.denoiser is not None:
