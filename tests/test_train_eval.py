@@ -94,6 +94,29 @@ def test_eval_of_a_dropout_run_on_its_own_names_its_rows(tiny_spec, tmp_path):
         == out["scenarios"]["complete"]["dropout"]["overall"]
 
 
+def test_compare_accepts_the_same_data_cached_elsewhere_and_refuses_other_data(tiny_run, tmp_path):
+    """Runs trained with another cache folder (XDG_CACHE_HOME) trained on the same clips."""
+    import shutil
+    run, _ = tiny_run
+
+    def copy_with(name, edit):
+        other = tmp_path / name
+        shutil.copytree(run, other)
+        config = read_json(other / "config.json")
+        edit(config["data"])
+        (other / "config.json").write_text(json.dumps(config))
+        return other
+
+    moved = copy_with("moved", lambda d: d.update(cache_dir=str(tmp_path / "elsewhere")))
+    res = CliRunner().invoke(app, ["eval", str(run), "--compare", str(moved), "--no-sweep", "--limit", "8",
+                                   "--json", str(tmp_path / "e.json")])
+    assert res.exit_code == 0, res.output
+    assert "rmm_avr" in json.loads((tmp_path / "e.json").read_text())["scenarios"]["audio_missing"]
+    reseeded = copy_with("reseeded", lambda d: d["synth"].update(seed=d["synth"]["seed"] + 1))
+    res = CliRunner().invoke(app, ["eval", str(run), "--compare", str(reseeded), "--no-sweep", "--limit", "8"])
+    assert res.exit_code == 1 and "other data" in res.output
+
+
 def test_train_refuses_to_overwrite_a_run(tiny_run):
     run, _ = tiny_run
     res = CliRunner().invoke(app, ["train", "--out", str(run)])

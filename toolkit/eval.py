@@ -16,7 +16,7 @@ from avqa_edge.runtime.text import Vocabulary
 
 from .checkpoint import load_model, read_json, write_json
 from .data.loader import SplitData
-from .data.sources import load_split
+from .data.sources import load_split, same_data
 from .evaluate import (ANSWERABLE, MISSING_SCENARIOS, NOISE_SCENARIOS, UNCERTAIN, answerable_accuracy, feature_std,
                        gap_closed, gap_interval, is_correct, markdown_table, predict, score)
 from .model.avqa import FILL_METHODS
@@ -63,7 +63,7 @@ def run_eval(run_dir: Path, json_path: Optional[Path], compare: List[Path], swee
     others = []
     for other in compare:
         m, c = _load_finished(other)
-        if c["data"] != config["data"]:
+        if not same_data(c["data"], config["data"]):
             raise AvqaError(f"{other} was trained on other data than {run_dir}: they cannot be compared")
         if c["model"]["vocab"] != config["model"]["vocab"] or c["model"]["answers"] != config["model"]["answers"]:
             raise AvqaError(f"{other} has another vocabulary or answer list than {run_dir}")

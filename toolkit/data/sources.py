@@ -21,6 +21,14 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "avqa-edge"
 
 
+def same_data(a: Dict, b: Dict) -> bool:
+    """Whether two runs' data specs name the same data. The built-in benchmark's cache folder
+    says where its clips are kept, not what they are, so it is left out."""
+    def what(spec: Dict) -> Dict:
+        return {k: v for k, v in spec.items() if k != "cache_dir"}
+    return what(a) == what(b)
+
+
 def load_split(spec: Dict, split: str) -> Union[RawSplit, FeatureSplit]:
     if split not in SPLITS:
         raise AvqaError(f"unknown split {split!r}")
