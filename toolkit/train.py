@@ -227,11 +227,13 @@ def train(run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, data_spec: Di
             if (step + 1) % cfg.eval_every == 0 or stage_end:
                 # a stage that a stage 2 follows is validated at its end only (stage 2 redraws the
                 # backbone, so its scores say little of the final model; eleven validations cost
-                # about 35 s of the 15-minute budget), but its checkpoint for --resume is written
+                # about 35 s of the 15-minute budget), but its losses and --resume checkpoint are kept
+                entry = {"step": step + 1, "stage": 2 if stage2 else 1, **ema}
+                history.append(entry)
                 if stage2 or stage_end or not cfg.refit_steps:
                     method = "rmm+avr" if cfg.method == "rmm_avr" else "zero_fill"
                     val = validate(model, val_data, method, cfg.val_samples)
-                    history.append({"step": step + 1, "stage": 2 if stage2 else 1, **ema, **val})
+                    entry.update(val)
                     improved = val["score"] > best
                     if improved:
                         best = val["score"]
@@ -316,6 +318,7 @@ def plot_curves(history, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     steps = [h["step"] for h in history]
+    validated = [h for h in history if "score" in h]          # losses are logged at more steps than validation
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     for k in ("ce_complete", "ce_audio_pseudo", "ce_visual_pseudo", "rmm", "ave", "tag"):
         pts = [(h["step"], h[k]) for h in history if k in h]     # stage 1 and stage 2 log different terms
@@ -323,7 +326,7 @@ def plot_curves(history, path: Path) -> None:
             ax1.plot(*zip(*pts), label=k)
     ax1.set_xlabel("step"), ax1.set_title("training losses"), ax1.legend()
     for k in MISSING_SCENARIOS:
-        ax2.plot(steps, [h[k] for h in history], marker="o", label=k)
+        ax2.plot([h["step"] for h in validated], [h[k] for h in validated], marker="o", label=k)
     stage1 = [h["step"] for h in history if h.get("stage", 1) == 1]
     for ax in (ax1, ax2) if stage1 and stage1[-1] < steps[-1] else ():   # where stage 2 began
         ax.axvline(stage1[-1], color="grey", linestyle=":", label=None)
