@@ -167,7 +167,7 @@ def train(run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, data_spec: Di
     cache: Optional[FeatureCache] = None
     rng = np.random.default_rng([cfg.seed, start])
     gen = torch.Generator().manual_seed(cfg.seed * 7919 + start)
-    # the AVR phase: the last fraction of the last stage
+    # the last stage (where the method's loss trains) and its AVR phase, the last fraction of it
     last_from, last_len = (cfg.steps, cfg.refit_steps) if cfg.refit_steps else (0, cfg.steps)
     avr_from = last_from + int(last_len * (1 - cfg.avr_finetune_frac))
     t = model_cfg.t_segments
@@ -180,6 +180,7 @@ def train(run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, data_spec: Di
         task = bar.add_task("train", total=total_steps, completed=start, info="")
         for step in range(start, total_steps):
             stage2 = step >= cfg.steps
+            last_stage = step >= last_from     # stage 2, or the only stage
             if stage2 and cache is None:
                 if step == cfg.steps:          # entering stage 2: a fresh backbone and optimizer
                     opt = _fresh_backbone(model, cfg.seed, lr)
@@ -198,7 +199,7 @@ def train(run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, data_spec: Di
                 answers = batch["answers"]
                 f, _, _ = model.encode(batch)
             b = answers.shape[0]
-            if stage2 or not cfg.refit_steps:
+            if last_stage:
                 terms = _terms(model, f, answers, cfg, gen, b, t, step >= avr_from, device)
             else:
                 # a stage 1 that a stage 2 follows learns the encoders, the same way for every method:
@@ -230,7 +231,7 @@ def train(run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, data_spec: Di
                 # about 35 s of the 15-minute budget), but its losses and --resume checkpoint are kept
                 entry = {"step": step + 1, "stage": 2 if stage2 else 1, **ema}
                 history.append(entry)
-                if stage2 or stage_end or not cfg.refit_steps:
+                if last_stage or stage_end:
                     method = "rmm+avr" if cfg.method == "rmm_avr" else "zero_fill"
                     val = validate(model, val_data, method, cfg.val_samples)
                     entry.update(val)
