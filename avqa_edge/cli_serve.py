@@ -33,7 +33,25 @@ def _summary(body: dict, t: float) -> str:
     top = ", ".join(f"{x['answer']} {x['probability']:.0%}" for x in body["top_k"])
     prompt = f", prompt set {body['prompt_set']}" if body.get("prompt_set") else ""
     return (f"[{t:7.2f}s] {body['question']!r} -> {body['answer']} (confidence {body['confidence']:.0%}, "
-            f"mode {body['mode']}{prompt}, {body['latency_ms']:.0f} ms)\n           {sensors}; top: {top}")
+            f"mode {body['mode']}{prompt}, {body['latency_ms']:.0f} ms)\n           {sensors}; top: {top}"
+            + (f"\n           {_demo_text(body['demo'])}" if body.get("demo") else ""))
+
+
+def _demo_text(demo: dict) -> str:
+    """What the demo window showed, and the true answer where there is one."""
+    from .runtime.signal import T_SEGMENTS                          # a clip is T one-second segments
+    clips = demo["clips"]
+    if len(clips) > 1:
+        parts = " + ".join(f"clip {c['clip']} ({c['seconds']:g} s)" for c in clips)
+        return f"demo window: {parts}: two scenes, no single true answer"
+    if not clips:
+        return "demo window: nothing recorded yet"
+    clip, seconds, truth = clips[0]["clip"], clips[0]["seconds"], demo.get("truth")
+    if truth is not None:
+        return f"demo window: clip {clip}, true answer {truth}"
+    if seconds < T_SEGMENTS - 1e-3:
+        return f"demo window: {seconds:g} s of clip {clip} so far"
+    return f"demo window: clip {clip} (the calibration set has no answer to this question for it)"
 
 
 @app.command()
@@ -85,7 +103,8 @@ def serve(
         raise AvqaError("--max-body must be at least 256 bytes")
     cfg = ServeConfig(camera=camera, mic=mic, backend=backend, precision=precision, threads=threads, method=method,
                       inject=inject or "", thresholds=str(thresholds) if thresholds else None,
-                      confidence=str(confidence) if confidence else None, warmup_s=warmup, top_k=top_k)
+                      confidence=str(confidence) if confidence else None, warmup_s=warmup, top_k=top_k,
+                      demo_question=ask if "demo" in (camera, mic) else None)
     svc = build_service(bundle, cfg, log=_err)
     _err(f"serving {bundle} with {svc.pipeline.name}, method {svc.method_text()}; camera: {svc.links['camera'].description}; "
          f"mic: {svc.links['mic'].description}" + (f"; injecting {', '.join(map(str, svc.faults))}" if svc.faults else ""))

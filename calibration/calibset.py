@@ -23,7 +23,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from avqa_edge.errors import AvqaError
-from avqa_edge.runtime.text import Vocabulary
+from avqa_edge.runtime.text import Vocabulary, tokenize
 
 NPZ = "calibration.npz"
 META = "calibration.json"
@@ -83,6 +83,14 @@ class CalibrationSet:
         for i, c in enumerate(self.clip.tolist()):
             out[c].append(i)
         return out
+
+    def truths(self, question: str) -> Dict[int, str]:
+        """{clip: answer text} for the clips this set asked `question` about (matched word by
+        word, so case and punctuation do not matter). Empty for sets saved without texts."""
+        words = tokenize(question)
+        texts, answers = self.meta.get("questions") or [], self.meta.get("answers_text") or []
+        return {int(self.clip[i]): str(answers[i]) for i, q in enumerate(texts)
+                if i < len(answers) and words and tokenize(q) == words}
 
 
 def write_npz(path: Path, arrays: Dict[str, np.ndarray]) -> None:

@@ -57,6 +57,11 @@ SERVE_METHODS = ("auto", "rmm+avr", "prompt")
 PROMPT_FIX = "avqa-edge export RUN --out BUNDLE --prompt PROMPT_RUN"
 T = sig.T_SEGMENTS
 MAX_QUESTION_CHARS = 500
+# The demo reel's first clip starts one second after the segment grid's origin: the sensors
+# deliver within that second, so the window's first covered segment is the clip's first one and
+# every window ending on a multiple of T seconds after it shows one whole clip (until then the
+# reel's last clip plays).
+DEMO_LEAD_S = 1.0
 
 
 class NotReady(Exception):
@@ -82,7 +87,8 @@ class ServeConfig:
     top_k: int = 3
     workers: int = 1                     # concurrent inferences
     max_question_chars: int = MAX_QUESTION_CHARS
-    demo_clips: Optional[List[int]] = None
+    demo_clips: Optional[List[int]] = None   # demo source: the clips to replay, in order (default: all)
+    demo_question: Optional[str] = None      # demo source: play first the clips the calibration set asked this
 
 
 def decide_mode(real_a: int, real_v: int, covered: int, camera_state: str, mic_state: str) -> str:
@@ -152,6 +158,7 @@ class Service:
         self.confidence, self.thresholds, self.clock, self.t0, self.cfg = confidence, thresholds, clock, t0, cfg
         self.log, self.faults = log, list(faults)
         self.reel = None                               # the demo reel and fault schedules follow t0 (start())
+        self.calib = None                              # the calibration set (the demo reel's clips and answers)
         self.schedules: List[FaultSchedule] = []
         self.metrics = None
         self.warmup_segments = int(min(T, max(1, math.ceil(cfg.warmup_s))))
@@ -172,7 +179,7 @@ class Service:
         self.t0 = t0
         self.window.t0 = self.window.audio.t0 = t0
         if self.reel is not None:
-            self.reel.start = t0
+            self.reel.start = t0 + DEMO_LEAD_S
         for sch in self.schedules:
             sch.t0 = t0
         for link in self.links.values():
@@ -322,6 +329,8 @@ class Service:
                                "start_s": round(win.t_start - self.t0, 3), "end_s": round(win.t_end - self.t0, 3)}}
         if win.covered < T:
             body["warming_up"] = True
+        if self.reel is not None and "demo" in (self.cfg.camera, self.cfg.mic):
+            body["demo"] = self.demo_window(win.t_end - win.covered, win.t_end, question)   # 1 s segments
         method, case, fallback = self.plan(mode)
         body["method"] = method
         if case is not None:
@@ -348,6 +357,17 @@ class Service:
         if self.metrics is not None:
             self.metrics.answer(mode, latency)
         return body
+
+    def demo_window(self, t_start: float, t_end: float, question: str) -> Dict:
+        """What the demo reel showed in the window's covered part [t_start, t_end):
+        {"clips": [{"clip", "seconds"}], "truth"}. truth: the calibration set's answer when that is
+        one whole clip it asked this question about, else None (a window across two clips has no
+        single true answer)."""
+        parts = self.reel.clips_between(t_start, t_end)
+        truth = None
+        if len(parts) == 1 and parts[0][1] >= self.reel.t - 1e-3 and self.calib is not None:
+            truth = self.calib.truths(question).get(parts[0][0])
+        return {"clips": [{"clip": c, "seconds": sec} for c, sec in parts], "truth": truth}
 
     def plan(self, mode: str) -> Tuple[str, Optional[str], str]:
         """How an answer in `mode` is made: (pipeline method, prompt set or None, a note for
@@ -481,7 +501,11 @@ def build_service(bundle_dir, cfg: ServeConfig, log: Callable[[str], None] = lam
     read_manifest(bundle_dir)                                          # a clear error for a wrong path
     clock = clock or RealClock()
     calib = CalibrationSet.load(Path(bundle_dir) / "calibration")
-    reel = DemoReel(calib.frames, calib.audio, start=0.0, clips=cfg.demo_clips)   # started below
+    truths = calib.truths(cfg.demo_question) if cfg.demo_question else None
+    order = cfg.demo_clips
+    if order is None and truths:                                       # clips whose true answer is known first
+        order = sorted(truths) + [c for c in range(calib.n_clips) if c not in truths]
+    reel = DemoReel(calib.frames, calib.audio, start=0.0, clips=order)   # started below
     factories = {"camera": camera_factory(cfg.camera, clock, reel), "mic": mic_factory(cfg.mic, clock, reel)}
     thresholds = HealthThresholds.load(cfg.thresholds) if cfg.thresholds else fit_from_calibset(calib.frames, calib.audio)
     pipeline = open_pipeline(bundle_dir, cfg.backend, cfg.precision, cfg.threads)
@@ -496,7 +520,7 @@ def build_service(bundle_dir, cfg: ServeConfig, log: Callable[[str], None] = lam
         pipeline.close()
         raise
     t0 = clock.now() + 0.05                                            # provisional: Service.start() resets it
-    reel.start = t0
+    reel.start = t0 + DEMO_LEAD_S
     window = Window(t0)
     links: Dict[str, SensorLink] = {}
     schedules: List[FaultSchedule] = []
@@ -516,5 +540,5 @@ def build_service(bundle_dir, cfg: ServeConfig, log: Callable[[str], None] = lam
     hang_s = max(2.0, 2 * max(thresholds.camera.stall_s, thresholds.mic.stall_s))
     sensors = Sensors(links, clock, hang_s=hang_s)
     svc = Service(pipeline, window, links, sensors, confidence, thresholds, clock, t0, cfg, log, faults, method=method)
-    svc.reel, svc.schedules = reel, schedules
+    svc.reel, svc.schedules, svc.calib = reel, schedules, calib
     return svc

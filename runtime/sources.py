@@ -19,7 +19,7 @@ import math
 import os
 import queue
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -415,7 +415,8 @@ class DemoReel:
 
     frames (N, T, F, H, W, 3) uint8, audio (N, T*SEGMENT_SAMPLES) int16; `clips` picks and
     orders the clips (default all). Frame k (F per second) is shown at start + (k + 0.5) / F,
-    so segment s of a clip covers [s, s + 1) seconds of its slot, as in the model's input."""
+    so segment s of a clip covers [s, s + 1) seconds of its slot, as in the model's input.
+    A source opened before `start` plays the end of the reel first (negative k)."""
 
     def __init__(self, frames: np.ndarray, audio: np.ndarray, start: float, clips: Optional[Sequence[int]] = None):
         if frames.ndim != 6 or frames.shape[3:] != FRAME_SHAPE or frames.dtype != np.uint8:
@@ -434,8 +435,18 @@ class DemoReel:
         return cls(cs.frames, cs.audio, start, clips)
 
     def clip_at(self, seconds: float) -> int:
-        """Which calibration clip plays at `seconds` after the start."""
-        return self.order[int(seconds // self.t) % len(self.order)]
+        """Which calibration clip plays at `seconds` after the start (before it: the reel's end)."""
+        return self.order[int(math.floor(seconds / self.t)) % len(self.order)]
+
+    def clips_between(self, t_start: float, t_end: float) -> List[Tuple[int, float]]:
+        """The clips shown in clock time [t_start, t_end), in order: [(clip, seconds), ...]."""
+        out: List[Tuple[int, float]] = []
+        a, b = t_start - self.start, t_end - self.start
+        while a < b - 1e-6:
+            slot_end = min(b, (math.floor(a / self.t + 1e-9) + 1) * self.t)
+            out.append((self.clip_at(a + 1e-9), round(slot_end - a, 3)))
+            a = slot_end
+        return out
 
     def frame(self, k: int) -> np.ndarray:
         per_clip = self.t * self.f
@@ -464,7 +475,7 @@ class DemoCamera(Source):
         return self.reel.start + (k + 0.5) / self.reel.f
 
     def open(self) -> None:
-        self.k = max(0, int(math.ceil((self.clock.now() - self.reel.start) * self.reel.f - 0.5)))
+        self.k = int(math.ceil((self.clock.now() - self.reel.start) * self.reel.f - 0.5))   # < 0: the reel's lead-in
 
     def next_due(self) -> float:
         return self._due(self.k)
@@ -490,7 +501,7 @@ class DemoMic(Source):
         self.max_backlog_s = max_backlog_s
 
     def open(self) -> None:
-        self.j = max(0, int(math.floor((self.clock.now() - self.reel.start) / CHUNK_SECONDS)))
+        self.j = int(math.floor((self.clock.now() - self.reel.start) / CHUNK_SECONDS))
 
     def next_due(self) -> float:
         return self.reel.start + (self.j + 1) * CHUNK_SECONDS

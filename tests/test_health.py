@@ -17,7 +17,7 @@ from avqa_edge.runtime import signal as sig
 from avqa_edge.runtime.clock import SimClock
 from avqa_edge.runtime.health import (CameraChecker, HealthMonitor, HealthThresholds, MicChecker, Timing, Verdict)
 from avqa_edge.runtime.inject import KINDS, parse_faults
-from avqa_edge.runtime.sources import AudioChunk, Frame, Resampler, resample
+from avqa_edge.runtime.sources import AudioChunk, DemoCamera, DemoMic, DemoReel, Frame, Resampler, resample
 from avqa_edge.runtime.window import Window
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -190,6 +190,35 @@ def test_window_aligns_segments_and_masks_gaps():
     snap = w.snapshot(112.2)
     assert snap.mask_a.tolist()[-3:] == [0, 0, 0] and snap.mask_v.tolist()[-2:] == [0, 0]
     assert w.snapshot(101.0).covered == 0                  # before the first complete segment
+
+
+def test_demo_reel_windows_and_lead_in():
+    """The demo reel: which clips a window shows, and a source opened before the reel's start
+    plays the reel's last clip first (the lead-in), then the first clip from `start` on."""
+    T, F = sig.T_SEGMENTS, sig.FRAMES_PER_SEGMENT
+    frames = np.zeros((3, T, F, sig.FRAME_H, sig.FRAME_W, 3), np.uint8)
+    audio = np.zeros((3, T * sig.SEGMENT_SAMPLES), np.int16)
+    for c in range(3):
+        frames[c], audio[c] = 10 * (c + 1), 1000 * (c + 1)
+    reel = DemoReel(frames, audio, start=101.0, clips=[2, 0])
+    assert reel.clips_between(101.0, 111.0) == [(2, 10.0)]
+    assert reel.clips_between(104.0, 114.0) == [(2, 7.0), (0, 3.0)]
+    assert reel.clips_between(96.0, 106.0) == [(0, 5.0), (2, 5.0)]      # before the start: the reel's end
+    assert reel.clips_between(121.0, 123.5) == [(2, 2.5)]                # it loops
+    clock = SimClock(start=100.0)
+    cam, mic = DemoCamera(reel, clock), DemoMic(reel, clock)
+    cam.open()
+    mic.open()
+    first = cam.read()
+    assert 100.0 <= first.t < 100.5 and (first.image == 10).all()       # lead-in: clip 0, the reel's last
+    chunk = mic.read()
+    assert chunk.t >= 100.0 and np.allclose(chunk.samples, 1000 / 32768, atol=1e-4)
+    clock.advance_to(101.3)
+    frame = cam.read()
+    assert 101.0 < frame.t <= 101.3 and (frame.image == 30).all()       # from the start on: clip 2
+    chunks = [mic.read() for _ in range(12)]                              # the mic's backlog, then on
+    assert [np.allclose(c.samples, (1000 if c.t < 101.0 else 3000) / 32768, atol=1e-4) for c in chunks] == [True] * 12
+    assert chunks[-1].t >= 101.0
 
 
 def test_resampler_keeps_frequency_and_level_and_streams():

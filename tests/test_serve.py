@@ -439,6 +439,32 @@ def test_cli_ask_is_torch_free(bundle, question, tmp_path):
     body = json.loads(out.stdout.strip().splitlines()[-1])
     assert _valid_answer(body) and body["mode"] == "complete"
     assert "imported-training-code: []" in out.stderr
+    from avqa_edge.calibration.calibset import CalibrationSet
+    first = min(CalibrationSet.load(bundle / "calibration").truths(question))
+    assert body["demo"] == {"clips": [{"clip": first, "seconds": 1.0}], "truth": None}   # the reel's first clip, 1 s in
+
+
+def test_demo_windows_carry_the_truth(bundle, question):
+    """With --ask the demo reel plays first the clips whose answer is known, and an answer
+    whose window is one whole clip carries the calibration set's answer; across two clips none."""
+    from avqa_edge.calibration.calibset import CalibrationSet
+    cs = CalibrationSet.load(bundle / "calibration")
+    truths = cs.truths(question.upper() + " ?")                       # word by word: case and punctuation aside
+    assert truths and truths == cs.truths(question)
+    assert all(cs.meta["answers_text"][i] == truths[int(cs.clip[i])]
+               for i, q in enumerate(cs.meta["questions"]) if q == question)
+    svc = build_service(bundle, ServeConfig(demo_question=question, threads=1))
+    try:
+        order, t = svc.reel.order, svc.reel.start
+        assert sorted(order) == list(range(cs.n_clips)) and order[:len(truths)] == sorted(truths)
+        assert svc.demo_window(t, t + 10, question) == {"clips": [{"clip": order[0], "seconds": 10.0}],
+                                                       "truth": truths[order[0]]}
+        across = svc.demo_window(t + 4, t + 14, question)
+        assert across == {"clips": [{"clip": order[0], "seconds": 6.0}, {"clip": order[1], "seconds": 4.0}], "truth": None}
+        other = next(q for q in cs.meta["questions"] if order[0] not in cs.truths(q))
+        assert svc.demo_window(t, t + 10, other)["truth"] is None
+    finally:
+        svc.stop()
 
 
 def test_cli_stdin_answers_each_line(bundle, question):
