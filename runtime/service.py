@@ -88,7 +88,7 @@ class ServeConfig:
     workers: int = 1                     # concurrent inferences
     max_question_chars: int = MAX_QUESTION_CHARS
     demo_clips: Optional[List[int]] = None   # demo source: the clips to replay, in order (default: all)
-    demo_question: Optional[str] = None      # demo source: play first the clips the calibration set asked this
+    demo_question: Optional[str] = None      # demo source: play first the clips the calibration set asked this about
 
 
 def decide_mode(real_a: int, real_v: int, covered: int, camera_state: str, mic_state: str) -> str:
