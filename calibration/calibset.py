@@ -40,6 +40,7 @@ class CalibrationSet:
     clip: np.ndarray       # (Q,) int32, index into frames / audio
     answer: np.ndarray     # (Q,) int32, index into the model's answers (-1: not in the list)
     meta: Dict = field(default_factory=dict)
+    _truth_index: Optional[Dict] = field(default=None, repr=False, compare=False)   # see truths()
 
     @property
     def n_clips(self) -> int:
@@ -87,10 +88,13 @@ class CalibrationSet:
     def truths(self, question: str) -> Dict[int, str]:
         """{clip: answer text} for the clips this set asked `question` about (matched word by
         word, so case and punctuation do not matter). Empty for sets saved without texts."""
-        words = tokenize(question)
-        texts, answers = self.meta.get("questions") or [], self.meta.get("answers_text") or []
-        return {int(self.clip[i]): str(answers[i]) for i, q in enumerate(texts)
-                if i < len(answers) and words and tokenize(q) == words}
+        if self._truth_index is None:                   # built once: the serve demo asks per answer
+            index: Dict[tuple, Dict[int, str]] = {}
+            texts, answers = self.meta.get("questions") or [], self.meta.get("answers_text") or []
+            for i, (q, a) in enumerate(zip(texts, answers)):
+                index.setdefault(tuple(tokenize(q)), {})[int(self.clip[i])] = str(a)
+            self._truth_index = index
+        return dict(self._truth_index.get(tuple(tokenize(question)), {}))
 
 
 def write_npz(path: Path, arrays: Dict[str, np.ndarray]) -> None:
