@@ -17,6 +17,7 @@ import io
 import json
 import zipfile
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -40,7 +41,6 @@ class CalibrationSet:
     clip: np.ndarray       # (Q,) int32, index into frames / audio
     answer: np.ndarray     # (Q,) int32, index into the model's answers (-1: not in the list)
     meta: Dict = field(default_factory=dict)
-    _truth_index: Optional[Dict] = field(default=None, repr=False, compare=False)   # see truths()
 
     @property
     def n_clips(self) -> int:
@@ -85,15 +85,18 @@ class CalibrationSet:
             out[c].append(i)
         return out
 
+    @cached_property
+    def _truth_index(self) -> Dict[tuple, Dict[int, str]]:
+        """{question words: {clip: answer text}}, built once: the serve demo looks up every answer."""
+        index: Dict[tuple, Dict[int, str]] = {}
+        texts, answers = self.meta.get("questions") or [], self.meta.get("answers_text") or []
+        for i, (q, a) in enumerate(zip(texts, answers)):
+            index.setdefault(tuple(tokenize(q)), {})[int(self.clip[i])] = str(a)
+        return index
+
     def truths(self, question: str) -> Dict[int, str]:
         """{clip: answer text} for the clips this set asked `question` about (matched word by
         word, so case and punctuation do not matter). Empty for sets saved without texts."""
-        if self._truth_index is None:                   # built once: the serve demo asks per answer
-            index: Dict[tuple, Dict[int, str]] = {}
-            texts, answers = self.meta.get("questions") or [], self.meta.get("answers_text") or []
-            for i, (q, a) in enumerate(zip(texts, answers)):
-                index.setdefault(tuple(tokenize(q)), {})[int(self.clip[i])] = str(a)
-            self._truth_index = index
         return dict(self._truth_index.get(tuple(tokenize(question)), {}))
 
 
