@@ -47,6 +47,7 @@ def train(
     avr_start: Annotated[float, typer.Option(help="Signal fraction alpha_bar where AVR's reverse process starts: 0.25 is the schedule's last step (the most noise); higher keeps more of the pseudo feature.")] = 0.75,
     addressing: Annotated[str, typer.Option(help="logspace (default) or paper (softmax(a^v * a^t), nearly uniform).")] = "logspace",
     audio_heads: Annotated[int, typer.Option(help="Heads of RMM's audio recall (1: Eq. 1-2 as written).")] = 4,
+    video_expert: Annotated[bool, typer.Option("--video-expert", help="Experimental: a second backbone for the video missing in every segment (not exportable yet).")] = False,
     data_seed: Annotated[int, typer.Option(help="Built-in benchmark seed.")] = 0,
     train_clips: Annotated[int, typer.Option(help="Built-in benchmark: training clips (0: default).")] = 0,
     manifest_dir: Annotated[Optional[Path], typer.Option(help="Custom data: a folder with train/val/test.jsonl manifests.")] = None,
@@ -103,7 +104,7 @@ def train(
         spec = builtin_spec(seed=data_seed, train_clips=train_clips)
     model_cfg = make_preset(preset, use_rmm=not no_rmm, use_avr=not no_avr, n_slots=slots,
                             diffusion_steps=diffusion_steps, avr_start=avr_start, addressing=addressing,
-                            audio_heads=audio_heads)
+                            audio_heads=audio_heads, video_expert=video_expert)
     cfg = TrainConfig(method=method, steps=steps or TrainConfig.steps, refit_steps=refit_steps, batch_size=batch_size, lr=lr, seed=seed, device=device,
                       eval_every=eval_every, avr_finetune_frac=avr_finetune_frac, tag_weight=tag_weight)
     run_train(out, model_cfg, cfg, spec, resume=resume)

@@ -149,6 +149,8 @@ def check_exportable(model: AVQAModel) -> None:
         problems.append("no RMM (trained with --no-rmm)")
     if model.denoiser is None:
         problems.append("no AVR denoiser (trained with --no-avr)")
+    if model.video_expert is not None:
+        problems.append("a video expert (trained with --video-expert, experimental: the bundle has no graph for it yet)")
     if problems:
         raise AvqaError("this run cannot be exported as the seven-graph bundle: " + "; ".join(problems))
 

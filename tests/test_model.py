@@ -412,7 +412,7 @@ def test_config_without_later_fields_loads_as_before_with_its_old_hash():
     from avqa_edge.errors import AvqaError
     from avqa_edge.toolkit.config import ModelConfig
     old = dataclasses.asdict(ModelConfig(audio_heads=1, avr_start=None))
-    del old["audio_heads"], old["avr_start"]
+    del old["audio_heads"], old["avr_start"], old["video_expert"]
     old["unet_mults"] = list(old["unet_mults"])
     cfg = ModelConfig.from_dict(old)
     assert cfg.audio_heads == 1 and cfg.avr_start is None
@@ -435,3 +435,37 @@ def test_train_config_of_a_single_stage_run_resumes_in_one_stage():
     assert TrainConfig().refit_steps > 0, "two stages by default"
     with pytest.raises(AvqaError, match="refit"):
         TrainConfig(refit_steps=-1)
+
+
+# ---- the video expert (experimental) ---------------------------------------------------------------
+def _feats(b: int, m):
+    g = torch.Generator().manual_seed(3)
+    c, h, w = m.cfg.dim, m.cfg.map_h, m.cfg.map_w
+    return (torch.randn(b, T, c, generator=g), torch.randn(b, T, c, h, w, generator=g),
+            torch.randn(b, 1 + m.cfg.q_len, c, generator=g))
+
+
+def test_video_expert_answers_only_when_the_video_is_missing_in_every_segment():
+    m = _model(video_expert=True).eval()
+    a, v, q = _feats(4, m)
+    ma, mv = torch.ones(4, T), torch.ones(4, T)
+    mv[1] = 0             # video missing in every segment -> the expert
+    mv[2, :4] = 0         # video partly missing -> shared
+    ma[3] = mv[3] = 0     # both missing -> shared
+    with torch.no_grad():
+        got = m.answer(a, v, q, ma, mv)
+        shared, expert = m.backbone(a, v, q), m.video_expert(a, v, q)
+    for row, want in ((0, shared), (1, expert), (2, shared), (3, shared)):
+        assert torch.allclose(got[row], want[row], atol=1e-5), row
+    assert not torch.allclose(expert[1], shared[1], atol=1e-3)        # a different network, not a copy
+    plain = _model().eval()
+    with torch.no_grad():
+        assert torch.equal(plain.answer(a, v, q, ma, mv), plain.backbone(a, v, q))
+    assert plain.video_expert is None and plain.cfg.hash() == preset("edge", vocab=VOCAB, answers=ANSWERS).hash()
+
+
+def test_video_expert_is_refused_by_export():
+    from avqa_edge.errors import AvqaError
+    from avqa_edge.export.components import check_exportable
+    with pytest.raises(AvqaError, match="video expert"):
+        check_exportable(_model(video_expert=True))

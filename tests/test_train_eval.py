@@ -216,3 +216,36 @@ def test_stage_1_writes_resume_checkpoints_between_its_validations(tiny_spec, tm
     state = read_json(tmp_path / "run" / "state.json")
     assert [h["step"] for h in state["history"]] == [3, 6, 9, 12], "losses at every checkpoint"
     assert [h["step"] for h in state["history"] if "score" in h] == [6, 9, 12], "stage 1 validated at its end only"
+
+
+@pytest.mark.parametrize("method", ["rmm_avr", "dropout"])
+def test_video_expert_trains_in_the_last_stage_only_and_eval_routes_to_it(tiny_spec, tmp_path, method):
+    """`train --video-expert` (experimental): stage 2 trains the expert on its own term
+    (ce_no_video), and eval answers the questions whose video is missing with it."""
+    import copy
+    import torch
+    from avqa_edge.runtime.text import Vocabulary
+    from avqa_edge.toolkit.config import TrainConfig, preset
+    from avqa_edge.toolkit.data.loader import SplitData
+    from avqa_edge.toolkit.data.sources import load_split
+    from avqa_edge.toolkit.evaluate import predict
+    from avqa_edge.toolkit.train import train
+    run = tmp_path / method
+    train(run, preset("edge", video_expert=True),
+          TrainConfig(method=method, steps=4, refit_steps=4, batch_size=16, eval_every=4, val_samples=16),
+          tiny_spec, log=lambda *_: None)
+    history = read_json(run / "state.json")["history"]
+    assert "ce_no_video" not in history[0] and history[-1]["ce_no_video"] > 0, "stage 2 alone trains the expert"
+    model, _ = load_model(run)
+    drawn = copy.deepcopy(model)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)                                    # stage 2's draw for seed 0
+        drawn.reset_backbones()
+    assert not all(torch.equal(x, y) for x, y in zip(model.video_expert.parameters(), drawn.video_expert.parameters()))
+    test = SplitData(load_split(tiny_spec, "test"), Vocabulary(model.cfg.vocab), model.cfg.answers, strict_answers=False)
+    expert_only, shared_only = copy.deepcopy(model), copy.deepcopy(model)
+    expert_only.backbone = expert_only.video_expert
+    shared_only.video_expert = None
+    fill = "zero_fill" if method == "dropout" else "rmm+avr"
+    assert (predict(model, test, "visual_missing", fill)[1] == predict(expert_only, test, "visual_missing", fill)[1]).all()
+    assert (predict(model, test, "complete", fill)[1] == predict(shared_only, test, "complete", fill)[1]).all()

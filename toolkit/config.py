@@ -19,7 +19,7 @@ ARCH_VERSION = 3
 # Fields added to ModelConfig after runs were first written, with the value that those runs
 # implied: configs without the field load with it, and a config at that value hashes without
 # the field, so older runs, bundles and results keep their hash.
-LEGACY_DEFAULTS = {"audio_heads": 1, "avr_start": None}
+LEGACY_DEFAULTS = {"audio_heads": 1, "avr_start": None, "video_expert": False}
 # The same for TrainConfig: runs saved before stage 2 existed trained in one stage.
 LEGACY_TRAIN_DEFAULTS = {"refit_steps": 0}
 
@@ -40,6 +40,9 @@ class ModelConfig:
     q_len: int = 14
     heads: int = 4
     fusion_layers: int = 1           # audio<->visual attention blocks in the backbone
+    # experimental: a second backbone that answers when the video is missing in all T segments
+    # (model/avqa.py: AVQAModel.answer); not exportable yet
+    video_expert: bool = False
     # RMM (Eq. 1-4)
     use_rmm: bool = True
     n_slots: int = 75                # L

@@ -182,7 +182,7 @@ def predict(model, data: SplitData, scenario: str, method: str, batch_size: int 
                 sel = prompts.select(prompts.case_index(detected_cases(ma, mv)))
             logits = prompted_logits(model.backbone, a, v, f.q, sel)
         else:
-            logits = model.backbone(a, v, f.q)
+            logits = model.answer(a, v, f.q, ma, mv)
         preds.append(logits.argmax(-1).numpy())
         qs.append(batch["questions"].numpy())
         if progress:

@@ -120,6 +120,8 @@ def train(run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, data_spec: Di
         model_cfg.vocab, model_cfg.answers = vocab.words[2:], answers
         if cfg.method != "rmm_avr":
             model_cfg.use_rmm = model_cfg.use_avr = False
+        if cfg.method == "baseline":
+            model_cfg.video_expert = False
     vocab = Vocabulary(model_cfg.vocab)
     train_data = SplitData(train_split, vocab, model_cfg.answers)
     val_data = SplitData(val_split, vocab, model_cfg.answers, strict_answers=False)
@@ -209,14 +211,21 @@ def train(run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, data_spec: Di
                 terms = _complete_term(model, f, answers)
             if tagger is not None and batch is not None:
                 terms["tag"] = tagger.loss(f.a, f.v, batch_labels(batch))
+            if last_stage and model.video_expert is not None and cfg.method != "baseline":
+                terms["ce_no_video"] = _expert_term(model, f, answers, cfg.method)
             total = terms["ce_complete"] + terms.get("ce_audio_pseudo", 0) + terms.get("ce_visual_pseudo", 0) \
+                + terms.get("ce_no_video", 0) \
                 + cfg.lambda_rmm * terms.get("rmm", 0) + cfg.lambda_ave * terms.get("ave", 0) \
                 + cfg.tag_weight * terms.get("tag", 0)
             if not torch.isfinite(total):
                 raise AvqaError(f"the loss became {float(total)} at step {step}; nothing was saved past the last good checkpoint")
             opt.zero_grad(set_to_none=True)
             total.backward()
-            torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
+            params = [p for g in opt.param_groups for p in g["params"]]
+            expert = {id(p) for p in model.video_expert.parameters()} if model.video_expert is not None else set()
+            torch.nn.utils.clip_grad_norm_([p for p in params if id(p) not in expert], 1.0)
+            if expert:   # clipped on its own, so that it leaves the rest of the model's steps as they were
+                torch.nn.utils.clip_grad_norm_([p for p in params if id(p) in expert], 1.0)
             opt.step()
             seen += b
             for k, v in [("loss", total), *terms.items()]:
@@ -262,7 +271,7 @@ def _fresh_backbone(model: AVQAModel, seed: int, lr: float) -> torch.optim.Optim
     """Stage 2 begins: the backbone redrawn (seeded). -> the optimizer of all but the encoders."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 1)
-        model.backbone.reset_parameters()
+        model.reset_backbones()
     return torch.optim.Adam(trainable(model, True), lr=lr, foreach=True)
 
 
@@ -285,6 +294,14 @@ def _tagger_params(tagger: Optional[EventTagger], stage2: bool) -> list:
 def _complete_term(model: AVQAModel, f, answers) -> Dict[str, torch.Tensor]:
     """CE on the real pair: baseline's whole loss, and every method's in a stage 1 that a stage 2 follows."""
     return {"ce_complete": F.cross_entropy(model.backbone(f.a, f.v, f.q), answers)}
+
+
+def _expert_term(model: AVQAModel, f, answers, method: str) -> torch.Tensor:
+    """The video expert's CE with the video missing in all T segments: the recalled map in its
+    place (rmm_avr), or zeros (dropout). The recall is read without gradient."""
+    with torch.no_grad():
+        pv = model.pseudo(f)[1] if method == "rmm_avr" else torch.zeros_like(f.v)
+    return F.cross_entropy(model.video_expert(f.a, pv, f.q), answers)
 
 
 def _terms(model: AVQAModel, f, answers, cfg: TrainConfig, gen, b: int, t: int, avr_phase: bool, device):

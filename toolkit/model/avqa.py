@@ -49,6 +49,9 @@ class AVQAModel(nn.Module):
         self.schedule = NoiseSchedule(cfg.diffusion_steps, cfg.alpha_bar_end, cfg.avr_start)
         self.denoiser = UNet(2 * c, cfg.unet_base, cfg.unet_mults) if cfg.use_avr else None
         self.backbone = Backbone(c, hw, cfg.t_segments, max(len(cfg.answers), 1), cfg.heads, cfg.fusion_layers)
+        # video_expert: answers a question whose video is missing in every segment
+        self.video_expert = Backbone(c, hw, cfg.t_segments, max(len(cfg.answers), 1), cfg.heads, cfg.fusion_layers) \
+            if cfg.video_expert else None
         gen = torch.Generator().manual_seed(NOISE_SEED)
         # the reverse process's explicit noise: fixed, one per segment, shared by every sample
         self.register_buffer("avr_noise", torch.randn(cfg.t_segments, 2 * c, *hw, generator=gen), persistent=False)
@@ -146,7 +149,27 @@ class AVQAModel(nn.Module):
         """-> answer logits (B, n_answers)."""
         f, mask_a, mask_v = self.encode(batch, mask_a, mask_v)
         a, v = self.fill(f, mask_a, mask_v, method)
-        return self.backbone(a, v, f.q)
+        return self.answer(a, v, f.q, mask_a, mask_v)
+
+    def answer(self, a: torch.Tensor, v: torch.Tensor, q: torch.Tensor, mask_a: torch.Tensor,
+               mask_v: torch.Tensor) -> torch.Tensor:
+        """-> logits (B, n_answers): the video expert for a question whose video is missing in
+        all T segments (and audio is not), the shared backbone otherwise."""
+        if self.video_expert is None:
+            return self.backbone(a, v, q)
+        rows = (mask_v.sum(1) == 0) & (mask_a.sum(1) > 0)                                  # (B,)
+        if not bool(rows.any()):
+            return self.backbone(a, v, q)
+        if bool(rows.all()):
+            return self.video_expert(a, v, q)
+        logits = self.backbone(a, v, q)
+        return logits.index_put((rows,), self.video_expert(a[rows], v[rows], q[rows]))
+
+    def reset_backbones(self) -> None:
+        """Fresh weights for the backbone and the video expert (training's stage 2)."""
+        for net in (self.backbone, self.video_expert):
+            if net is not None:
+                net.reset_parameters()
 
     # ---- training losses (Eq. 8) -------------------------------------------------------------
     def denoise_loss(self, f: Feats, max_pairs: int = 0) -> torch.Tensor:
