@@ -47,7 +47,7 @@ def train(
     avr_start: Annotated[float, typer.Option(help="Signal fraction alpha_bar where AVR's reverse process starts: 0.25 is the schedule's last step (the most noise); higher keeps more of the pseudo feature.")] = 0.75,
     addressing: Annotated[str, typer.Option(help="logspace (default) or paper (softmax(a^v * a^t), nearly uniform).")] = "logspace",
     audio_heads: Annotated[int, typer.Option(help="Heads of RMM's audio recall (1: Eq. 1-2 as written).")] = 4,
-    video_expert: Annotated[bool, typer.Option("--video-expert", help="Experimental: a second backbone for the video missing in every segment (not exportable yet).")] = False,
+    video_expert: Annotated[Optional[bool], typer.Option("--video-expert/--no-video-expert", help="A second backbone that answers when the video is missing in every segment (exported as the bundle's `video_expert` graph). Default: on for the edge preset, off for paper.")] = None,
     data_seed: Annotated[int, typer.Option(help="Built-in benchmark seed.")] = 0,
     train_clips: Annotated[int, typer.Option(help="Built-in benchmark: training clips (0: default).")] = 0,
     manifest_dir: Annotated[Optional[Path], typer.Option(help="Custom data: a folder with train/val/test.jsonl manifests.")] = None,
@@ -104,7 +104,8 @@ def train(
         spec = builtin_spec(seed=data_seed, train_clips=train_clips)
     model_cfg = make_preset(preset, use_rmm=not no_rmm, use_avr=not no_avr, n_slots=slots,
                             diffusion_steps=diffusion_steps, avr_start=avr_start, addressing=addressing,
-                            audio_heads=audio_heads, video_expert=video_expert)
+                            audio_heads=audio_heads,
+                            **({} if video_expert is None else {"video_expert": video_expert}))
     cfg = TrainConfig(method=method, steps=steps or TrainConfig.steps, refit_steps=refit_steps, batch_size=batch_size, lr=lr, seed=seed, device=device,
                       eval_every=eval_every, avr_finetune_frac=avr_finetune_frac, tag_weight=tag_weight)
     run_train(out, model_cfg, cfg, spec, resume=resume)
@@ -175,7 +176,7 @@ def export(
     tie_margin: Annotated[float, typer.Option(help="Parity: an FP32 answer disagreement is excused where PyTorch's top-two probabilities are within this.")] = 1e-4,
     prompt: Annotated[Optional[Path], typer.Option(help="Also export this prompt run (trained on RUN_DIR) as two backbone graph variants, with their own parity gate.")] = None,
 ):
-    """Export a run as a bundle (seven ONNX graphs + FP16 variants, calibration set, manifest)
+    """Export a run as a bundle (seven ONNX graphs, eight with a video expert, + FP16 variants, calibration set, manifest)
     and run the parity gate; --trt then builds TensorRT engines on this device."""
     if from_bundle is not None:
         # the device path: no torch, no training code (export.trt_build imports neither)

@@ -39,7 +39,7 @@ from avqa_edge import __version__
 from avqa_edge.calibration.calibset import CalibrationSet
 from avqa_edge.errors import AvqaError
 from avqa_edge.runtime import signal as sig
-from avqa_edge.runtime.bundle import COMPONENTS, PRECISIONS, Bundle
+from avqa_edge.runtime.bundle import PRECISIONS, Bundle
 
 from .bench_worker import METHOD, MODES
 
@@ -146,7 +146,8 @@ def prepare_feeds(model, calib: CalibrationSet, clips: int, path: Path) -> int:
     """Write the inputs both workers use: the first question of each of the first `clips`
     calibration clips, and each component's feed computed from them with the PyTorch
     wrappers (encoders and RMM on real features; AVR on RMM-filled pairs, audio missing for
-    even clips, video for odd ones; backbone on the complete features). -> clips used."""
+    even clips, video for odd ones; backbone on the complete features; a video expert on the
+    audio with the recalled video). -> clips used."""
     import torch
 
     from . import components as C
@@ -154,7 +155,7 @@ def prepare_feeds(model, calib: CalibrationSet, clips: int, path: Path) -> int:
     if not first:
         raise AvqaError("the bundle's calibration set holds no questions")
     specs = C.io_specs(model)
-    w = {c: C.build(model, c) for c in COMPONENTS}
+    w = {c: C.build(model, c) for c in C.components_of(model)}
     feeds: Dict[str, List[np.ndarray]] = {}
 
     def put(key: str, x) -> None:
@@ -179,8 +180,9 @@ def prepare_feeds(model, calib: CalibrationSet, clips: int, path: Path) -> int:
                     "rmm_audio": {"v": v, "q": q}, "rmm_visual": {"a": a, "q": q},
                     "avr": {"a": pa if k % 2 == 0 else a, "v": v if k % 2 == 0 else pv,
                             "known_a": known_a, "known_v": known_v},
-                    "backbone": {"a": a, "v": v, "q": q}}
-            for comp in COMPONENTS:
+                    "backbone": {"a": a, "v": v, "q": q},
+                    "video_expert": {"a": a, "v": pv, "q": q}}        # the video recalled throughout
+            for comp in w:
                 for s in specs[comp][0]:
                     put(f"{comp}.{s.name}", fill[comp][s.name])
     arrays = {k: np.stack(v) for k, v in feeds.items()}                         # leading axis: the clip
@@ -255,7 +257,7 @@ def _run_worker(backend: str, spec: Dict, tmp: Path, log: Log) -> Dict:
 # ---- the report ------------------------------------------------------------------------------------
 
 def _group(name: str) -> str:
-    return "rmm" if name.startswith("rmm") else name
+    return "rmm" if name.startswith("rmm") else "backbone" if name == "video_expert" else name
 
 
 def shares(e2e: Dict) -> Dict:
@@ -376,7 +378,7 @@ def run_bench(bundle_dir, run_dir=None, threads: int = 0, iters: int = 200, warm
               for c, (ins, outs) in C.io_specs(model).items()}
         spec = {"bundle": str(Path(bundle_dir).resolve()), "run": str(run.resolve()), "precision": precision,
                 "threads": threads, "iters": iters, "warmup": warmup, "clips": n_clips, "feeds": str(tmp / "feeds.npz"),
-                "step_graph": str(tmp / "denoiser_step.onnx") if step else None, "components": list(COMPONENTS), "modes": list(MODES),
+                "step_graph": str(tmp / "denoiser_step.onnx") if step else None, "components": list(bundle.graphs), "modes": list(MODES),
                 "io": io, "ort_config": ort_config}
         del model
         log(f"bench: {bundle_dir}, {threads} thread(s), {warmup} warm-up + {iters} timed calls per row, "
@@ -387,14 +389,14 @@ def run_bench(bundle_dir, run_dir=None, threads: int = 0, iters: int = 200, warm
         log(f"ONNX Runtime ({precision} graphs, CPUExecutionProvider"
             + (f", session config {ort_config}" if ort_config else "") + ")")
         results["ort"] = _run_worker("ort", spec, tmp, log)
-        if set(COMPONENTS) <= set(engines):
+        if set(bundle.graphs) <= set(engines):
             log("TensorRT (the bundle's engines)")
             try:
                 results["trt"] = _run_worker("trt", spec, tmp, log)
             except AvqaError as e:         # optional: report why, keep the other numbers
                 results["trt"] = {"backend": "trt", "available": False, "reason": f"not available: {e}"}
         else:
-            why = "no engines in bundle" if not engines else f"engines for {sorted(engines)} only (the pipeline needs all seven)"
+            why = "no engines in bundle" if not engines else f"engines for {sorted(engines)} only (the pipeline needs {list(bundle.graphs)})"
             results["trt"] = {"backend": "trt", "available": False, "reason": f"not available: {why}"}
     versions = {"avqa_edge": __version__, "python": platform.python_version(), "numpy": np.__version__}
     for r in results.values():
@@ -405,7 +407,7 @@ def run_bench(bundle_dir, run_dir=None, threads: int = 0, iters: int = 200, warm
             "model_hash": (bundle.manifest.get("run") or {}).get("model_hash") or config.get("model_hash"),
             "config_hash": bundle.manifest.get("config_hash"),
             "threads": threads, "iters": iters, "warmup": warmup, "clips": n_clips, "batch": 1, "method": METHOD,
-            "modes": list(MODES), "components": list(COMPONENTS),
+            "modes": list(MODES), "components": list(bundle.graphs),
             "precision": {"pytorch": "fp32", "ort": precision, "trt": "fp16 engines"}, "ort_config": ort_config,
             "machine": machine_info(), "load_average": {"start": load_start, "end": _load()},
             "versions": versions, "denoiser_step_graph": step, "seconds": round(time.perf_counter() - t_start, 1),

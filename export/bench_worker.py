@@ -203,7 +203,7 @@ def run_pytorch(spec: Dict, feeds: Dict[str, np.ndarray], result: Dict) -> None:
                 a, v = ma * f.a + (1 - ma) * pa, mv * f.v + (1 - mv) * pv
             if model.denoiser is not None and bool(((mask_a < 1) | (mask_v < 1)).any()):
                 a, v = timed("avr", lambda: model.enhance(a, v, mask_a, mask_v))
-            logits = timed("backbone", lambda: model.backbone(a, v, f.q))
+            logits = timed("backbone", lambda: model.answer(a, v, f.q, mask_a, mask_v))   # or the video expert
             probs = torch.softmax(logits[0].double(), 0)
             top = torch.topk(probs, min(3, probs.numel()))
             return int(top.indices[0]), logits, batch, mask_a, mask_v

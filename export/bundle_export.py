@@ -1,5 +1,5 @@
-"""`avqa-edge export RUN_DIR --out BUNDLE`: the seven graphs, their FP16 variants, the
-calibration set, the parity gate and the manifest (issue 3, sections 1-2).
+"""`avqa-edge export RUN_DIR --out BUNDLE`: the seven graphs (eight with a video expert),
+their FP16 variants, the calibration set, the parity gate and the manifest (issue 3, sections 1-2).
 
 Arguments are validated before any work. The bundle is assembled in a hidden sibling
 directory and renamed into place only when complete, with manifest.json written last, so
@@ -124,8 +124,9 @@ def _assemble(model, config: Dict, run_dir: Path, tmp: Path, log: Log, exporter:
         extra = f"  opset {a.opset}, {a.exporter}, {a.nodes} nodes" if a.opset else ""
         log(f"  wrote {a.path:<34} {_size(a.bytes):>10}  {a.seconds:6.2f} s{extra}")
 
-    log(f"exporting {run_dir} (model config {cfg.hash()}) at opset {OX.OPSET}, batch 1")
-    for name in C.COMPONENTS:
+    names = C.components_of(model)
+    log(f"exporting {run_dir} (model config {cfg.hash()}): {len(names)} graphs at opset {OX.OPSET}, batch 1")
+    for name in names:
         fp32_rel, fp16_rel = f"onnx/{name}.onnx", f"onnx/{name}.fp16.onnx"
         a32 = OX.EXPORT_FUNCTIONS[name](model, tmp / fp32_rel, exporter=exporter)
         a32.path = fp32_rel
@@ -156,7 +157,7 @@ def _assemble(model, config: Dict, run_dir: Path, tmp: Path, log: Log, exporter:
     parity_report = None
     if run_parity:
         log("parity gate: PyTorch vs ONNX Runtime (CPU), FP32 and FP16 graphs, on the calibration set")
-        graphs = {p: {c: tmp / components[c]["files"][p] for c in C.COMPONENTS} for p in B.PRECISIONS}
+        graphs = {p: {c: tmp / components[c]["files"][p] for c in names} for p in B.PRECISIONS}
         vocab = [PAD, UNK] + list(cfg.vocab)
         parity_report = P.run_parity(model, graphs, calib, vocab, cfg.answers, thresholds, threads=threads, log=log)
         t0 = time.perf_counter()

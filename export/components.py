@@ -15,6 +15,7 @@ for a sensor absent from the whole window.
 | rmm_visual   | a (1, T, C), q (1, 1+L, C)                               | pseudo_v (1, T, C, H', W') |
 | avr          | a, v, known_a (1, T), known_v (1, T) float32 (1 = real)  | a_out, v_out (like a, v)   |
 | backbone     | a, v, q                                                  | logits (1, n_answers)      |
+| video_expert | a, v, q (only for a model trained with a video expert)   | logits (1, n_answers)      |
 
 The AVR graph concatenates the pair, runs the S DDIM reverse steps of
 `toolkit.model.diffusion.reverse` unrolled (a Python loop with a fixed count) on **all** T
@@ -36,7 +37,7 @@ from avqa_edge.runtime import signal as sig
 from ..toolkit.model.avqa import AVQAModel
 from ..toolkit.model.diffusion import reverse
 
-COMPONENTS = ("visual", "audio", "question", "rmm_audio", "rmm_visual", "avr", "backbone")
+from avqa_edge.runtime.bundle import COMPONENTS, OPTIONAL_COMPONENTS  # noqa: F401 (re-exported)
 
 
 @dataclass
@@ -125,9 +126,9 @@ class AvrGraph(nn.Module):
 
 
 class BackboneGraph(nn.Module):
-    def __init__(self, model: AVQAModel):
+    def __init__(self, model: AVQAModel, expert: bool = False):
         super().__init__()
-        self.backbone = model.backbone
+        self.backbone = model.video_expert if expert else model.backbone
 
     def forward(self, a: torch.Tensor, v: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         """a (1, T, C), v (1, T, C, H', W'), q (1, 1+L, C) -> answer logits (1, n_answers)."""
@@ -136,11 +137,16 @@ class BackboneGraph(nn.Module):
 
 _WRAPPERS = {"visual": VisualGraph, "audio": AudioGraph, "question": QuestionGraph,
              "rmm_audio": RmmAudioGraph, "rmm_visual": RmmVisualGraph, "avr": AvrGraph,
-             "backbone": BackboneGraph}
+             "backbone": BackboneGraph, "video_expert": lambda m: BackboneGraph(m, expert=True)}
+
+
+def components_of(model: AVQAModel) -> tuple:
+    """The graphs this model exports: the seven COMPONENTS, plus `video_expert` if it has one."""
+    return COMPONENTS + (("video_expert",) if model.video_expert is not None else ())
 
 
 def check_exportable(model: AVQAModel) -> None:
-    """The seven-graph bundle needs raw inputs, RMM and AVR (the `edge` preset's model)."""
+    """The bundle needs raw inputs, RMM and AVR (the `edge` preset's model)."""
     cfg = model.cfg
     problems = []
     if cfg.inputs != "raw":
@@ -149,21 +155,22 @@ def check_exportable(model: AVQAModel) -> None:
         problems.append("no RMM (trained with --no-rmm)")
     if model.denoiser is None:
         problems.append("no AVR denoiser (trained with --no-avr)")
-    if model.video_expert is not None:
-        problems.append("a video expert (trained with --video-expert, experimental: the bundle has no graph for it yet)")
     if problems:
-        raise AvqaError("this run cannot be exported as the seven-graph bundle: " + "; ".join(problems))
+        raise AvqaError("this run cannot be exported as a bundle: " + "; ".join(problems))
 
 
 def build(model: AVQAModel, name: str) -> nn.Module:
     """The wrapper module of one component, in eval mode."""
     if name not in _WRAPPERS:
-        raise AvqaError(f"unknown component {name!r}; known: {', '.join(COMPONENTS)}")
+        raise AvqaError(f"unknown component {name!r}; known: {', '.join(COMPONENTS + OPTIONAL_COMPONENTS)}")
+    if name not in components_of(model):
+        raise AvqaError(f"this model has no {name} (trained without it)")
     return _WRAPPERS[name](model).eval()
 
 
 def io_specs(model: AVQAModel) -> "OrderedDict[str, Tuple[List[TensorSpec], List[TensorSpec]]]":
-    """Expected (inputs, outputs) of every graph, batch 1, from the model config."""
+    """Expected (inputs, outputs) of every graph of `components_of(model)`, batch 1, from the
+    model config."""
     cfg = model.cfg
     t, c, h, w = cfg.t_segments, cfg.dim, cfg.map_h, cfg.map_w
     f32 = "float32"
@@ -172,7 +179,7 @@ def io_specs(model: AVQAModel) -> "OrderedDict[str, Tuple[List[TensorSpec], List
     frames = (1, t, sig.FRAMES_PER_SEGMENT, sig.FRAME_H, sig.FRAME_W, 3)
     n_ans = max(len(cfg.answers), 1)
     S = TensorSpec
-    return OrderedDict([
+    specs = OrderedDict([
         ("visual", ([S("frames", frames, "uint8")], [S("v", v, f32)])),
         ("audio", ([S("audio", (1, t * sig.SEGMENT_SAMPLES), f32)], [S("a", a, f32)])),
         ("question", ([S("tokens", (1, cfg.q_len), "int64")], [S("q", q, f32)])),
@@ -182,6 +189,9 @@ def io_specs(model: AVQAModel) -> "OrderedDict[str, Tuple[List[TensorSpec], List
                  [S("a_out", a, f32), S("v_out", v, f32)])),
         ("backbone", ([S("a", a, f32), S("v", v, f32), S("q", q, f32)], [S("logits", (1, n_ans), f32)])),
     ])
+    if model.video_expert is not None:
+        specs["video_expert"] = specs["backbone"]
+    return specs
 
 
 _TORCH_DTYPES = {"float32": torch.float32, "int64": torch.int64, "uint8": torch.uint8}

@@ -1,4 +1,5 @@
-"""ONNX export of the seven component graphs: one function per artifact, each checked.
+"""ONNX export of the component graphs (seven; eight with a video expert): one function per
+artifact, each checked.
 
 Opset 17 is the target: the newest that TensorRT 8.5 / 8.6 (JetPack 5 / 6.0) parse. The
 dynamo exporter (torch >= 2.9's default) builds at opset 18 and converts down; when that
@@ -202,9 +203,15 @@ def export_backbone(model, path: Path, **kw) -> Artifact:
     return export_component(model, "backbone", path, **kw)
 
 
+def export_video_expert(model, path: Path, **kw) -> Artifact:
+    """a, v, q -> answer logits of the video expert (the video missing in every segment)."""
+    return export_component(model, "video_expert", path, **kw)
+
+
 EXPORT_FUNCTIONS: Dict[str, Callable[..., Artifact]] = {
     "visual": export_visual_encoder, "audio": export_audio_encoder, "question": export_question_encoder,
     "rmm_audio": export_rmm_audio, "rmm_visual": export_rmm_visual, "avr": export_avr, "backbone": export_backbone,
+    "video_expert": export_video_expert,
 }
 
 

@@ -28,11 +28,12 @@ import torch
 from avqa_edge.calibration.calibset import CalibrationSet
 from avqa_edge.errors import AvqaError
 from avqa_edge.runtime import signal as sig
-from avqa_edge.runtime.bundle import COMPONENTS, Bundle
+from avqa_edge.runtime.bundle import Bundle
 from avqa_edge.runtime.pipeline import Pipeline
 from avqa_edge.runtime.runners import OrtRunner, Runner
 
 from ..toolkit.evaluate import scenario_masks
+from .components import components_of
 
 # name -> (which sensor is missing, fraction of its segments missing). The issue's three
 # scenarios, plus half of the segments missing, which exercises the per-segment blanking.
@@ -225,8 +226,9 @@ def component_cases(model, calib: CalibrationSet, n_samples: int = 8) -> Dict[st
 
     Encoders and RMM see real features; AVR sees RMM-filled pairs with audio or video
     missing (whole or half of the segments, alternating), its reference being
-    `model.enhance`; the backbone sees both the complete and the enhanced features."""
-    cases: Dict[str, List[Tuple[Dict, Dict]]] = {c: [] for c in COMPONENTS}
+    `model.enhance`; the backbone sees both the complete and the enhanced features; a video
+    expert sees the audio with the recalled video, raw and enhanced (its own case)."""
+    cases: Dict[str, List[Tuple[Dict, Dict]]] = {c: [] for c in components_of(model)}
     t = model.cfg.t_segments
     first_q = {}
     for i, c in enumerate(calib.clip.tolist()):
@@ -258,6 +260,12 @@ def component_cases(model, calib: CalibrationSet, n_samples: int = 8) -> Dict[st
                              {"a_out": np_(ea), "v_out": np_(ev)}))
         cases["backbone"].append(({"a": np_(a), "v": np_(v), "q": np_(q)}, {"logits": np_(model.backbone(a, v, q))}))
         cases["backbone"].append(({"a": np_(ea), "v": np_(ev), "q": np_(q)}, {"logits": np_(model.backbone(ea, ev, q))}))
+        if model.video_expert is not None:
+            none = torch.zeros_like(mv)
+            xa, xv = model.enhance(a, pv, torch.ones_like(ma), none)                      # the video missing throughout
+            for fa, fv in ((a, pv), (xa, xv)):
+                cases["video_expert"].append(({"a": np_(fa), "v": np_(fv), "q": np_(q)},
+                                              {"logits": np_(model.video_expert(fa, fv, q))}))
     return cases
 
 
@@ -332,13 +340,13 @@ def run_parity(model, graphs: Dict[str, Dict[str, Path]], calib: CalibrationSet,
     ref_logits = {s: torch_logits(model, calib, s) for s in scenarios}
     outputs: List[OutputComparison] = []
     agree: List[Agreement] = []
-    sets = {prec: {c: OrtRunner(paths[c], threads=threads, providers=[PROVIDER], name=f"{c} ({prec})") for c in COMPONENTS}
-            for prec, paths in graphs.items()}
+    sets = {prec: {c: OrtRunner(path, threads=threads, providers=[PROVIDER], name=f"{c} ({prec})")
+                   for c, path in paths.items()} for prec, paths in graphs.items()}
     sets.update(runner_sets or {})
     for precision, runners in sets.items():
         pipe = Pipeline(runners, vocabulary, answers, model.cfg.to_dict(), name=f"ort-{precision}")
         with pipe:
-            for comp in COMPONENTS:
+            for comp in cases:
                 got = [runners[comp].infer(feed) for feed, _ in cases[comp]]
                 for out_name in cases[comp][0][1]:
                     outputs.append(compare(comp, out_name, precision, [ref[out_name] for _, ref in cases[comp]],
@@ -376,7 +384,7 @@ def gate(report: ParityReport, where: str = "") -> None:
 
 
 def bundle_graphs(bundle: Bundle, precisions: Sequence[str] = ("fp32", "fp16")) -> Dict[str, Dict[str, Path]]:
-    return {p: {c: bundle.graph_path(c, p) for c in COMPONENTS} for p in precisions}
+    return {p: {c: bundle.graph_path(c, p) for c in bundle.graphs} for p in precisions}
 
 
 def parity_for_bundle(bundle_dir, run_dir=None, thresholds: Optional[Thresholds] = None, json_path: Optional[Path] = None,
@@ -415,11 +423,12 @@ def _trt_runners(bundle: Bundle) -> Tuple[Optional[Dict[str, Dict[str, Runner]]]
     engines = bundle.manifest.get("engines") or {}
     if not engines:
         return None, "no TensorRT engines in the bundle"
-    if set(engines) != set(COMPONENTS):
-        return None, f"TensorRT engines for {sorted(engines)} only; the end-to-end comparison needs all seven"
+    if not set(bundle.graphs) <= set(engines):
+        return None, (f"TensorRT engines for {sorted(engines)} only; the end-to-end comparison needs all of "
+                      f"{list(bundle.graphs)}")
     try:
         from avqa_edge.runtime import trt
         fp = bundle.manifest.get("fingerprint") or None
-        return {"trt": {c: trt.TrtRunner(bundle.engine_path(c), fingerprint=fp) for c in COMPONENTS}}, ""
+        return {"trt": {c: trt.TrtRunner(bundle.engine_path(c), fingerprint=fp) for c in bundle.graphs}}, ""
     except (ImportError, AvqaError) as e:
         return None, f"TensorRT engines present but not compared here: {e}"

@@ -166,7 +166,7 @@ def run_prompt_parity(model, bank: PromptBank, graphs: Dict[str, Dict[str, Path]
                       calib: CalibrationSet, vocabulary, answers, thresholds: Optional[P.Thresholds] = None,
                       scenarios=("complete", "audio_missing", "visual_missing"), threads: int = 0,
                       log: Callable[[str], None] = lambda *_: None) -> P.ParityReport:
-    """graphs / base_graphs: {precision: {component: path}} of the prompt graphs / the seven."""
+    """graphs / base_graphs: {precision: {component: path}} of the prompt graphs / the bundle's own."""
     th = thresholds or P.Thresholds()
     model.eval()
     feeds = component_cases(model, bank, calib)
@@ -223,7 +223,7 @@ def add_prompts_to_bundle(bundle_dir, prompt_run, threads: int = 0, exporter: st
                        "files": {"fp32": rel32, "fp16": rel16}, "exporter": a32.exporter, "opset": a32.opset}
     calib = CalibrationSet.load(bundle.path / bundle.manifest["calibration"]["dir"])
     graphs = {p: {c: bundle.path / comps[c]["files"][p] for c in PROMPT_COMPONENTS} for p in B.PRECISIONS}
-    base = {p: {c: bundle.graph_path(c, p) for c in B.COMPONENTS} for p in B.PRECISIONS}
+    base = {p: {c: bundle.graph_path(c, p) for c in bundle.graphs} for p in B.PRECISIONS}
     report = run_prompt_parity(model, bank, graphs, base, calib, bundle.vocabulary, bundle.answers, thresholds,
                                threads=threads, log=log)
     (bundle.path / "parity_prompts.md").write_text(report.to_markdown())

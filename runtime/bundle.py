@@ -4,7 +4,8 @@ Torch-free (numpy is not even needed: json + hashlib), Python 3.8+. The bundle i
 directory that the runtime loads on its own:
 
     BUNDLE/manifest.json            this file's subject (written last)
-    BUNDLE/onnx/<component>.onnx    FP32 graph, batch 1
+    BUNDLE/onnx/<component>.onnx    FP32 graph, batch 1 (the seven COMPONENTS, and
+                                    `video_expert` when the model has one)
     BUNDLE/onnx/<component>.fp16.onnx
     BUNDLE/calibration/calibration.npz, calibration.json
     BUNDLE/parity.md, parity.json
@@ -28,10 +29,19 @@ from avqa_edge.errors import AvqaError
 MANIFEST = "manifest.json"
 FORMAT = 1
 KIND = "avqa-edge-bundle"
-COMPONENTS = ("visual", "audio", "question", "rmm_audio", "rmm_visual", "avr", "backbone")
+COMPONENTS = ("visual", "audio", "question", "rmm_audio", "rmm_visual", "avr", "backbone")   # every bundle
+# Graphs a bundle holds when its model has that part: the video expert, a second backbone
+# (same inputs and outputs) that answers when the video is missing in every segment.
+OPTIONAL_COMPONENTS = ("video_expert",)
 PRECISIONS = ("fp32", "fp16")
 
 PathLike = Union[str, Path]
+
+
+def graph_names(present) -> tuple:
+    """The component graphs among `present` (names), in pipeline order: the seven
+    COMPONENTS, then the optional ones that are there."""
+    return COMPONENTS + tuple(c for c in OPTIONAL_COMPONENTS if c in present)
 
 
 def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:
@@ -184,6 +194,11 @@ class Bundle:
     @property
     def components(self) -> Dict[str, Dict]:
         return self.manifest["components"]
+
+    @property
+    def graphs(self) -> tuple:
+        """The component graphs this bundle holds (COMPONENTS, plus `video_expert` if exported)."""
+        return graph_names(self.components)
 
     @property
     def answers(self) -> List[str]:

@@ -10,7 +10,10 @@ The numpy counterpart of `AVQAModel.forward(batch, mask_a, mask_v, method)` at b
    question, pseudo visual from the real audio features and the question;
 3. `avr` / `rmm+avr`: when any segment is missing, the AVR graph (Eq. 5-7, the S reverse
    steps in one graph) refines the pair, keeping the real parts;
-4. the backbone's logits -> softmax -> the answer and the top-k probabilities.
+4. the backbone's logits -> softmax -> the answer and the top-k probabilities. A bundle
+   whose model has a video expert (`video_expert` graph) answers with it instead when the
+   video is absent in every segment and the audio is not (`AVQAModel.answer`), for every
+   fill method.
 
 Prompt methods (issue 5), when the bundle holds a prompt run's graphs (manifest `prompts`):
 absent segments stay zero (no RMM / AVR) and a backbone graph with the prompts baked in
@@ -80,11 +83,13 @@ def softmax(x: np.ndarray) -> np.ndarray:
 
 
 class Pipeline:
-    """Composes the seven component runners (see the module docstring)."""
+    """Composes the component runners: the seven COMPONENTS, and `video_expert` when the
+    model config has one (see the module docstring)."""
 
     def __init__(self, runners: Dict[str, Runner], vocabulary: Sequence[str], answers: Sequence[str],
                  model_config: Dict, name: str = "pipeline", prompt_cases: Optional[Sequence[str]] = None):
-        missing = [c for c in COMPONENTS if c not in runners]
+        need = COMPONENTS + (("video_expert",) if model_config.get("video_expert") else ())
+        missing = [c for c in need if c not in runners]
         if missing:
             raise AvqaError(f"pipeline needs runners for every component; missing {missing}")
         self.runners = dict(runners)
@@ -126,7 +131,7 @@ class Pipeline:
 
                 def runner_factory(comp, b):
                     return trt.TrtRunner(b.engine_path(comp), fingerprint=b.manifest.get("fingerprint") or None)
-        runners = {c: runner_factory(c, bundle) for c in COMPONENTS}
+        runners = {c: runner_factory(c, bundle) for c in bundle.graphs}
         prompts = bundle.manifest.get("prompts") or {}
         if prompts and (prompts.get("parity") or {}).get("passed") is False and not allow_failed_parity:
             prompts = {}                     # their own gate failed: the prompt methods stay unavailable
@@ -256,6 +261,13 @@ class Pipeline:
             a, v = out["a_out"], out["v_out"]
         return a.astype(np.float32), v.astype(np.float32)
 
+    def backbone_for(self, feats: ClipFeatures) -> str:
+        """The graph that answers: `video_expert` when the model has one and the video is
+        absent in every segment while the audio is not (`AVQAModel.answer`), else `backbone`."""
+        if "video_expert" in self.runners and not feats.mask_v.any() and feats.mask_a.any():
+            return "video_expert"
+        return "backbone"
+
     def prompt_case(self, feats: ClipFeatures, case: Optional[str] = None) -> str:
         """The prompt set for prompt_oracle: `case` if given, else what the masks show."""
         if case is None:
@@ -281,7 +293,8 @@ class Pipeline:
                 logits = self._run("backbone_prompt_case", dict(feed, case=idx), timings)["logits"][0]
         else:
             a, v = self.fill(feats, q, method, timings)
-            logits = self._run("backbone", {"a": a, "v": v, "q": q}, timings)["logits"][0]   # (n_answers,)
+            net = self.backbone_for(feats)
+            logits = self._run(net, {"a": a, "v": v, "q": q}, timings)["logits"][0]          # (n_answers,)
         probs = softmax(logits)
         order = np.argsort(-probs, kind="stable")[:max(1, top_k)]
         best = int(order[0])

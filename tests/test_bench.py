@@ -42,7 +42,7 @@ def test_every_mode_and_component_for_both_backends(report):
     for b in ("pytorch", "ort"):
         res = rep["backends"][b]
         assert res["threads"] == 1
-        assert set(res["components"]) == set(COMPONENTS)
+        assert set(res["components"]) == set(COMPONENTS) | {"video_expert"} == set(rep["components"])
         assert set(res["end_to_end"]) == set(W.MODES) == {"complete", "audio_pseudo", "visual_pseudo"}
         rows = [v["infer"] for v in res["components"].values()] + list(res["end_to_end"].values())
         if b == "ort":
@@ -55,6 +55,10 @@ def test_every_mode_and_component_for_both_backends(report):
         assert "audio" not in comps["audio_pseudo"] and "visual" not in comps["visual_pseudo"]
         assert "avr" in comps["audio_pseudo"] and "avr" in comps["visual_pseudo"] and "avr" not in comps["complete"]
         assert rmm in comps["visual_pseudo"]
+    # the video absent throughout: the ONNX pipeline answers with the video expert, as PyTorch does
+    ort = {m: set(e["components_ms"]) for m, e in rep["backends"]["ort"]["end_to_end"].items()}
+    assert "video_expert" in ort["visual_pseudo"] and "backbone" not in ort["visual_pseudo"]
+    assert "backbone" in ort["complete"] and "backbone" in ort["audio_pseudo"] and "video_expert" not in ort["complete"]
     assert rep["backends"]["ort"]["session_options"]["intra_op_num_threads"] == 1
     assert rep["backends"]["ort"]["session_options"]["inter_op_num_threads"] == 1
     assert rep["backends"]["pytorch"]["threads_effective"]["torch.get_num_threads"] == 1
@@ -66,7 +70,7 @@ def test_every_mode_and_component_for_both_backends(report):
 def test_speedups_are_ratios_of_the_same_json(report):
     rep, _ = report
     t, o, sp = rep["backends"]["pytorch"], rep["backends"]["ort"], rep["speedups"]["ort"]
-    for c in COMPONENTS:
+    for c in rep["components"]:
         assert sp["components"][c] == pytest.approx(t["components"][c]["infer"]["p50"] / o["components"][c]["infer"]["p50"],
                                                     rel=1e-12)
     for m in W.MODES:
@@ -151,9 +155,10 @@ def test_engines_without_tensorrt_are_reported_not_fatal(bundle, tiny_run, tmp_p
     copy = tmp_path / "with-engines"
     shutil.copytree(bundle, copy)
     (copy / "engines").mkdir()
-    for c in COMPONENTS:
+    graphs = B.Bundle.open(copy).graphs
+    for c in graphs:
         (copy / "engines" / f"{c}.engine").write_bytes(b"not a real plan")
-    B.add_engines(copy, {c: {"file": f"engines/{c}.engine"} for c in COMPONENTS},
+    B.add_engines(copy, {c: {"file": f"engines/{c}.engine"} for c in graphs},
                   {"gpu_name": "Orin", "compute_capability": "8.7", "tensorrt": "8.5.2", "cuda": "11.4"})
     rep = BN.run_bench(copy, tiny_run[0], threads=1, iters=1, warmup=0, clips=1, log=lambda *_: None)
     trt = rep["backends"]["trt"]

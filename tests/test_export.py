@@ -1,4 +1,5 @@
-"""Export bundle (issue 3, sections 1-2): the seven graphs and their FP16 variants, the AVR
+"""Export bundle (issue 3, sections 1-2): the seven graphs (eight: the tiny run has a video
+expert, as the edge preset does) and their FP16 variants, the AVR
 graph's reverse steps, the calibration set, the manifest's hashes, the parity gate, the
 torch-free runtime and the CLI. The tiny run is exported once (through the CLI) per session."""
 import hashlib
@@ -26,6 +27,7 @@ from avqa_edge.export import fp16 as fp16_pass  # noqa: E402
 from avqa_edge.export import onnx_export as OX  # noqa: E402
 from avqa_edge.export import parity as P  # noqa: E402
 from avqa_edge.runtime import bundle as B  # noqa: E402
+from avqa_edge.runtime import signal as sig  # noqa: E402
 from avqa_edge.runtime.pipeline import Pipeline  # noqa: E402
 from avqa_edge.runtime.runners import OrtRunner  # noqa: E402
 from avqa_edge.toolkit.checkpoint import load_model  # noqa: E402
@@ -64,11 +66,12 @@ def _copy(bundle: Path, tmp_path: Path) -> Path:
 
 # ---- section 1: graphs ------------------------------------------------------------------------
 
-def test_export_reports_every_artifact(exported):
+def test_export_reports_every_artifact(exported, model):
     bundle, output = exported
     manifest = B.read_manifest(bundle)
-    assert set(manifest["components"]) == set(C.COMPONENTS)
-    for comp in C.COMPONENTS:
+    assert set(manifest["components"]) == set(C.COMPONENTS) | {"video_expert"} == set(C.components_of(model))
+    assert B.Bundle.open(bundle).graphs == C.COMPONENTS + ("video_expert",)
+    for comp in manifest["components"]:
         for rel in manifest["components"][comp]["files"].values():
             assert (bundle / rel).is_file() and f"wrote {rel}" in output
     for rel in ("calibration/calibration.npz", "calibration/calibration.json", "parity.md", "parity.json"):
@@ -86,7 +89,8 @@ def test_each_graph_matches_its_spec(exported, model):
     bundle, _ = exported
     manifest = B.read_manifest(bundle)
     specs = C.io_specs(model)
-    for comp in C.COMPONENTS:
+    assert list(specs) == list(C.components_of(model))
+    for comp in C.components_of(model):
         rec = manifest["components"][comp]
         for precision, rel in rec["files"].items():
             proto = onnx.load(str(bundle / rel))
@@ -119,7 +123,7 @@ def test_fp16_graphs_keep_io_and_sensitive_ops_in_fp32(exported):
     bundle, _ = exported
     manifest = B.read_manifest(bundle)
     F32, F16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
-    for comp in C.COMPONENTS:
+    for comp in manifest["components"]:
         rec = manifest["components"][comp]
         m = onnx.shape_inference.infer_shapes(onnx.load(str(bundle / rec["files"]["fp16"])), strict_mode=True)
         assert OX.graph_io(m) == (rec["inputs"], rec["outputs"]), comp          # FP32 (and uint8 / int64) I/O
@@ -176,7 +180,7 @@ def test_component_wrappers_equal_the_model_path(model):
     f, ma_q, mv_q = model.encode(batch, ma, mv)
     want = model(batch, ma, mv, method="rmm+avr")
     # the pipeline's recipe, with the wrappers
-    w = {c: C.build(model, c) for c in C.COMPONENTS}
+    w = {c: C.build(model, c) for c in C.components_of(model)}
     q = w["question"](tokens)
     a = w["audio"](audio * ma.repeat_interleave(8000, 1)) * ma[..., None]
     v = w["visual"](frames * mv.to(torch.uint8)[..., None, None, None, None]) * mv[..., None, None, None]
@@ -190,6 +194,13 @@ def test_component_wrappers_equal_the_model_path(model):
     ra, rv = model.enhance(a_hat, v_hat, ma, mv)                 # the model's path, with its shortcut
     assert torch.allclose(ea, ra, atol=1e-6) and torch.allclose(ev, rv, atol=1e-6)
     assert torch.allclose(w["backbone"](ea, ev, q), want, atol=1e-5)
+    # the video missing in every segment: the video expert answers, on the recalled map
+    every, none = torch.ones_like(ma), torch.zeros_like(mv)
+    want = model(batch, every, none, method="rmm+avr")
+    a = w["audio"](audio)
+    xa, xv = w["avr"](a, w["rmm_visual"](a, q), every, none)
+    assert torch.allclose(w["video_expert"](xa, xv, q), want, atol=1e-5)
+    assert not torch.allclose(w["backbone"](xa, xv, q), want, atol=1e-3)
 
 
 def _untrained(steps: int) -> AVQAModel:
@@ -315,7 +326,7 @@ def test_parity_passes_in_every_scenario(exported):
         assert a["questions"] == 96
         assert a["counted_rate"] >= (th.fp32_agreement if a["precision"] == "fp32" else th.fp16_agreement)
     outs = {(o["component"], o["output"], o["precision"]) for o in report["outputs"]}
-    assert len(outs) == 2 * 8                       # 7 components, 8 outputs, 2 precisions
+    assert len(outs) == 2 * 9                       # 8 components, 9 outputs, 2 precisions
     for o in report["outputs"]:
         if o["precision"] == "fp32":
             assert o["max_abs_rms"] <= 1e-4 and o["cosine"] >= 0.99999
@@ -350,7 +361,7 @@ def test_other_backends_plug_into_the_gate(exported, model):
     bundle, _ = exported
     b = B.Bundle.open(bundle)
     calib = calibset.CalibrationSet.load(bundle / "calibration")
-    stand_in = {c: OrtRunner(b.graph_path(c, "fp16"), threads=1, name=c) for c in C.COMPONENTS}
+    stand_in = {c: OrtRunner(b.graph_path(c, "fp16"), threads=1, name=c) for c in b.graphs}
     report = P.run_parity(model, {}, calib, b.vocabulary, b.answers, scenarios=("visual_missing",),
                           component_samples=1, threads=1, runner_sets={"trt": stand_in})
     assert report and {o.precision for o in report.outputs} == {"trt"}
@@ -394,6 +405,51 @@ def test_pipeline_answers_and_checks_inputs(exported):
             p.runners["rmm_visual"].infer({"a": np.zeros((1, 9, 64), np.float32), "q": np.zeros((1, 64), np.float32)})
     with pytest.raises(AvqaError, match="not active"):
         p.runners["question"].infer({"tokens": calib.tokens[:1]})
+
+
+def test_pipeline_answers_a_missing_video_with_the_expert(exported, model):
+    """The runtime routes as AVQAModel.answer does: the video absent in every segment (and the
+    audio there) -> the video_expert graph; partly absent, or both absent -> the backbone."""
+    bundle, _ = exported
+    calib = calibset.CalibrationSet.load(bundle / "calibration")
+    t = model.cfg.t_segments
+    batch = {"frames": torch.from_numpy(calib.frames[:1]), "tokens": torch.from_numpy(calib.tokens[:1]),
+             "audio": torch.from_numpy(sig.pcm16_to_float(calib.audio[:1])), "clip_index": torch.zeros(1, dtype=torch.int64)}
+    part = np.ones(t, np.float32)
+    part[:4] = 0
+    with Pipeline.from_bundle(bundle, threads=1) as p:
+        for frames, mask_v, audio, net, torch_mv, torch_ma in (
+                (None, None, calib.audio[0], "video_expert", np.zeros(t), np.ones(t)),
+                (calib.frames[0], part, calib.audio[0], "backbone", part, np.ones(t)),
+                (calib.frames[0], None, calib.audio[0], "backbone", np.ones(t), np.ones(t)),
+                (None, None, None, "backbone", np.zeros(t), np.zeros(t))):
+            ans = p.answer(frames, audio, calib.tokens[0], mask_v=mask_v)
+            other = {"video_expert": "backbone", "backbone": "video_expert"}[net]
+            assert net in ans.timings_ms and other not in ans.timings_ms
+            with torch.no_grad():
+                want = model(batch, torch.from_numpy(torch_ma[None]).float(), torch.from_numpy(torch_mv[None]).float(),
+                             method="rmm+avr")[0].numpy()
+            assert np.abs(ans.logits - want).max() <= 1e-4 * np.sqrt(np.mean(want ** 2)) + 1e-6, net
+        runners = dict(p.runners)
+    del runners["video_expert"]
+    with pytest.raises(AvqaError, match=r"missing \['video_expert'\]"):
+        Pipeline(runners, B.Bundle.open(bundle).vocabulary, model.cfg.answers, model.cfg.to_dict())
+
+
+def test_a_bundle_without_a_video_expert_still_loads_and_answers(exported, tmp_path):
+    """Bundles exported before the video expert (seven graphs, no `video_expert` in the config)."""
+    bundle = _copy(exported[0], tmp_path)
+    manifest = B.read_manifest(bundle)
+    for rel in manifest["components"].pop("video_expert")["files"].values():
+        (bundle / rel).unlink()
+    manifest["model"]["video_expert"] = False
+    B.write_manifest(bundle, manifest)
+    assert B.Bundle.open(bundle).graphs == C.COMPONENTS
+    calib = calibset.CalibrationSet.load(bundle / "calibration")
+    with Pipeline.from_bundle(bundle, threads=1) as p:
+        assert "video_expert" not in p.runners
+        ans = p.answer(None, calib.audio[0], calib.tokens[0])
+        assert "backbone" in ans.timings_ms and "rmm_visual" in ans.timings_ms
 
 
 def test_runtime_runs_without_torch(exported):
@@ -530,7 +586,7 @@ def test_layernorm_free_graphs_for_tensorrt_85(exported):
     bundle, _ = exported
     manifest = B.read_manifest(bundle)
     rewritten = [c for c, rec in manifest["components"].items() if "fp32_nolayernorm" in rec["files"]]
-    assert {"visual", "audio", "question", "backbone"} <= set(rewritten)
+    assert {"visual", "audio", "question", "backbone", "video_expert"} <= set(rewritten)
     rng = np.random.default_rng(0)
     for comp in rewritten:
         files = manifest["components"][comp]["files"]

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from avqa_edge.runtime import signal as sig
-from avqa_edge.toolkit.config import preset
+from avqa_edge.toolkit.config import ModelConfig, preset
 from avqa_edge.toolkit.model.avqa import FILL_METHODS, AVQAModel
 from avqa_edge.toolkit.model.rmm import recall_loss
 
@@ -437,7 +437,7 @@ def test_train_config_of_a_single_stage_run_resumes_in_one_stage():
         TrainConfig(refit_steps=-1)
 
 
-# ---- the video expert (experimental) ---------------------------------------------------------------
+# ---- the video expert ------------------------------------------------------------------------------
 def _feats(b: int, m):
     g = torch.Generator().manual_seed(3)
     c, h, w = m.cfg.dim, m.cfg.map_h, m.cfg.map_w
@@ -446,7 +446,8 @@ def _feats(b: int, m):
 
 
 def test_video_expert_answers_only_when_the_video_is_missing_in_every_segment():
-    m = _model(video_expert=True).eval()
+    m = _model().eval()
+    assert m.cfg.video_expert and m.video_expert is not None, "on in the edge preset"
     a, v, q = _feats(4, m)
     ma, mv = torch.ones(4, T), torch.ones(4, T)
     mv[1] = 0             # video missing in every segment -> the expert
@@ -458,14 +459,17 @@ def test_video_expert_answers_only_when_the_video_is_missing_in_every_segment():
     for row, want in ((0, shared), (1, expert), (2, shared), (3, shared)):
         assert torch.allclose(got[row], want[row], atol=1e-5), row
     assert not torch.allclose(expert[1], shared[1], atol=1e-3)        # a different network, not a copy
-    plain = _model().eval()
+    plain = _model(video_expert=False).eval()
     with torch.no_grad():
         assert torch.equal(plain.answer(a, v, q, ma, mv), plain.backbone(a, v, q))
-    assert plain.video_expert is None and plain.cfg.hash() == preset("edge", vocab=VOCAB, answers=ANSWERS).hash()
+    assert plain.video_expert is None and preset("paper").video_expert is False
 
 
-def test_video_expert_is_refused_by_export():
-    from avqa_edge.errors import AvqaError
-    from avqa_edge.export.components import check_exportable
-    with pytest.raises(AvqaError, match="video expert"):
-        check_exportable(_model(video_expert=True))
+def test_configs_without_the_field_load_without_an_expert_and_keep_their_hash():
+    """Runs and bundles written before the video expert existed rebuild as they were trained."""
+    cfg = preset("edge", vocab=VOCAB, answers=ANSWERS, video_expert=False)
+    old = cfg.to_dict()
+    del old["video_expert"]
+    back = ModelConfig.from_dict(old)
+    assert back.video_expert is False and back.hash() == cfg.hash()
+    assert preset("edge", vocab=VOCAB, answers=ANSWERS).hash() != cfg.hash()

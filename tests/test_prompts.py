@@ -53,11 +53,12 @@ def test_logits_without_prompts_equal_the_code_before_issue_5():
     commit that made model version 3 (its backbone differs); with prompts=None the numbers
     must not move. On that machine the match is bit for bit (max difference 0.0); the
     tolerance only allows other CPUs' float kernels. The golden file predates the audio recall
-    heads and the later AVR start, so the model is built with one head (more heads draw more
-    random numbers at init) and the reverse process starting at the schedule's last step."""
+    heads, the later AVR start and the video expert, so the model is built with one head (more
+    heads draw more random numbers at init), the reverse process starting at the schedule's last
+    step, and no video expert (it would answer the row whose video is missing)."""
     torch.manual_seed(0)
     cfg = preset("edge", vocab=[f"w{i}" for i in range(20)], answers=[f"a{i}" for i in range(7)], audio_heads=1,
-                 avr_start=None)
+                 avr_start=None, video_expert=False)
     m = AVQAModel(cfg).eval()
     g = torch.Generator().manual_seed(1)
     t = 10

@@ -220,7 +220,7 @@ def test_stage_1_writes_resume_checkpoints_between_its_validations(tiny_spec, tm
 
 @pytest.mark.parametrize("method", ["rmm_avr", "dropout"])
 def test_video_expert_trains_in_the_last_stage_only_and_eval_routes_to_it(tiny_spec, tmp_path, method):
-    """`train --video-expert` (experimental): stage 2 trains the expert on its own term
+    """The video expert (on in the edge preset): stage 2 trains it on its own term
     (ce_no_video), and eval answers the questions whose video is missing with it."""
     import copy
     import torch
@@ -231,7 +231,7 @@ def test_video_expert_trains_in_the_last_stage_only_and_eval_routes_to_it(tiny_s
     from avqa_edge.toolkit.evaluate import predict
     from avqa_edge.toolkit.train import train
     run = tmp_path / method
-    train(run, preset("edge", video_expert=True),
+    train(run, preset("edge"),
           TrainConfig(method=method, steps=4, refit_steps=4, batch_size=16, eval_every=4, val_samples=16),
           tiny_spec, log=lambda *_: None)
     history = read_json(run / "state.json")["history"]
@@ -249,3 +249,25 @@ def test_video_expert_trains_in_the_last_stage_only_and_eval_routes_to_it(tiny_s
     fill = "zero_fill" if method == "dropout" else "rmm+avr"
     assert (predict(model, test, "visual_missing", fill)[1] == predict(expert_only, test, "visual_missing", fill)[1]).all()
     assert (predict(model, test, "complete", fill)[1] == predict(shared_only, test, "complete", fill)[1]).all()
+
+
+
+@pytest.mark.parametrize("flag, expected", [(None, True), ("--no-video-expert", False), ("--video-expert", True)])
+def test_the_cli_trains_a_video_expert_unless_told_not_to(flag, expected, tmp_path, monkeypatch):
+    """On by default (the edge preset); --no-video-expert turns it off."""
+    import avqa_edge.toolkit.train as T
+    seen = []
+    monkeypatch.setattr(T, "train", lambda out, model_cfg, cfg, spec, resume=False: seen.append(model_cfg.video_expert))
+    res = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "r")] + ([flag] if flag else []))
+    assert res.exit_code == 0, res.output
+    assert seen == [expected]
+
+
+def test_the_baseline_never_has_a_video_expert(tiny_spec, tmp_path):
+    """The baseline is what users have today: one backbone trained on complete data."""
+    from avqa_edge.toolkit.config import TrainConfig, preset
+    from avqa_edge.toolkit.train import train
+    train(tmp_path / "b", preset("edge"), TrainConfig(method="baseline", steps=2, refit_steps=2, batch_size=8,
+                                                      eval_every=2, val_samples=8), tiny_spec, log=lambda *_: None)
+    model, _ = load_model(tmp_path / "b")
+    assert model.video_expert is None and not model.cfg.video_expert

@@ -40,8 +40,9 @@ class ModelConfig:
     q_len: int = 14
     heads: int = 4
     fusion_layers: int = 1           # audio<->visual attention blocks in the backbone
-    # experimental: a second backbone that answers when the video is missing in all T segments
-    # (model/avqa.py: AVQAModel.answer); not exportable yet
+    # a second backbone that answers when the video is missing in all T segments
+    # (model/avqa.py: AVQAModel.answer; the bundle's `video_expert` graph). On in the `edge`
+    # preset; False here is what runs written before the field existed imply (LEGACY_DEFAULTS)
     video_expert: bool = False
     # RMM (Eq. 1-4)
     use_rmm: bool = True
@@ -97,7 +98,7 @@ class ModelConfig:
 def preset(name: str, **overrides) -> ModelConfig:
     """`edge` (default; raw signals, CPU / Jetson sized) or `paper` (MUSIC-AVQA features)."""
     if name == "edge":
-        base = dict(preset="edge")
+        base = dict(preset="edge", video_expert=True)
     elif name == "paper":
         # C = 512, 14x14 maps, L = 75, 10 steps; the released U-Net: base 64, mults (1, 2).
         base = dict(preset="paper", inputs="features", dim=512, map_h=14, map_w=14,
