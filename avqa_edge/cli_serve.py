@@ -32,6 +32,8 @@ def _summary(body: dict, t: float) -> str:
         sensors += f" (warming up: {seg['covered']} of {seg['total']} s recorded)"
     top = ", ".join(f"{x['answer']} {x['probability']:.0%}" for x in body["top_k"])
     prompt = f", prompt set {body['prompt_set']}" if body.get("prompt_set") else ""
+    if body.get("graph") == "video_expert":
+        prompt += ", video expert"
     return (f"[{t:7.2f}s] {body['question']!r} -> {body['answer']} (confidence {body['confidence']:.0%}, "
             f"mode {body['mode']}{prompt}, {body['latency_ms']:.0f} ms)\n           {sensors}; top: {top}"
             + (f"\n           {_demo_text(body['demo'])}" if body.get("demo") else ""))

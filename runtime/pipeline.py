@@ -69,10 +69,11 @@ class Answer:
     method: str
     segments: Dict[str, int]           # real segments per sensor, and T
     timings_ms: Dict[str, float]
+    graph: str = "backbone"            # the graph that answered: backbone, video_expert or a prompt graph
 
     def to_dict(self) -> Dict:
         return {"answer": self.answer, "index": self.index, "probability": self.probability,
-                "top_k": [[a, p] for a, p in self.top_k], "method": self.method,
+                "top_k": [[a, p] for a, p in self.top_k], "method": self.method, "graph": self.graph,
                 "segments": dict(self.segments), "timings_ms": dict(self.timings_ms)}
 
 
@@ -287,10 +288,12 @@ class Pipeline:
                 raise AvqaError(f"{method} needs a bundle exported with prompts (`avqa-edge export RUN --prompt PROMPT_RUN`)")
             feed = {"a": feats.a, "v": feats.v, "q": q}                                      # absent segments: zeros
             if method == "prompt_all":
-                logits = self._run("backbone_prompt_all", feed, timings)["logits"][0]
+                net = "backbone_prompt_all"
+                logits = self._run(net, feed, timings)["logits"][0]
             else:
+                net = "backbone_prompt_case"
                 idx = np.array([self.prompt_cases.index(self.prompt_case(feats, case))], np.int64)
-                logits = self._run("backbone_prompt_case", dict(feed, case=idx), timings)["logits"][0]
+                logits = self._run(net, dict(feed, case=idx), timings)["logits"][0]
         else:
             a, v = self.fill(feats, q, method, timings)
             net = self.backbone_for(feats)
@@ -303,7 +306,7 @@ class Pipeline:
                       top_k=[(self.answers[int(i)], float(probs[i])) for i in order], logits=logits,
                       method=method, segments={"audio": int(feats.mask_a.sum()), "visual": int(feats.mask_v.sum()),
                                                "total": self.t},
-                      timings_ms={k: round(x, 3) for k, x in timings.items()})
+                      timings_ms={k: round(x, 3) for k, x in timings.items()}, graph=net)
 
     def answer(self, frames=None, audio=None, question: Question = "", mask_a=None, mask_v=None,
                method: str = "rmm+avr", top_k: int = 3, case: Optional[str] = None) -> Answer:

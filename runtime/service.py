@@ -350,6 +350,7 @@ class Service:
                                 "raw_probability": round(float(p), 4)}
                                for i, p in zip(order, _softmax(ans.logits)[order])],
                         calibration=self.confidence.describe(mode, method), timings_ms=ans.timings_ms,
+                        graph=ans.graph,
                         encode_cached=cached, message=self._note(mode, real, win.covered, method, case) + fallback)
         latency = time.perf_counter() - t_req
         body["latency_ms"] = round(latency * 1e3, 2)

@@ -252,6 +252,7 @@ def test_demo_failover_end_to_end_with_load(servers, question, tmp_path):
     assert before["answer"] == before["top_k"][0]["answer"] and 0 < before["confidence"] <= 1
     assert before["calibration"]["mode"] == "complete" and before["segments"]["real"]["camera"] >= 1
     assert before["method"] == "rmm+avr" and "prompt_set" not in before      # auto: this bundle has no prompts
+    assert before["graph"] == "backbone"
 
     load_s = max(8.0, FAIL_AT + 5.0 - b.uptime())          # across B's failure, at least 5 s after it
     load = subprocess.Popen([sys.executable, "-c", LOAD_CLIENT, str(b.port), "sekrit", "20", str(load_s), question],
@@ -416,6 +417,9 @@ def test_no_sensor_available_is_not_a_guess(bundle, question):
         assert svc.wait_ready(20)
         first = svc.ask(question)
         assert first["mode"] == "visual_pseudo" and first["answer"] is not None    # no camera at all
+        assert first["graph"] == "video_expert", "the video absent in every segment: the bundle's video expert"
+        from avqa_edge.cli_serve import _summary
+        assert "mode visual_pseudo, video expert," in _summary(first, 1.0)
         assert first["sensors"]["camera"]["reason"] == "not configured (--camera none)"
         end = time.monotonic() + 15
         while time.monotonic() < end and svc.links["mic"].monitor.state != "failed":
