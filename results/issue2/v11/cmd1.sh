@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# README command 1 from a clean clone, fresh venv, cold data cache, timed.
+set -u
+rm -rf /tmp/c1 && git clone -q /work/main /tmp/c1 && cd /tmp/c1
+git log -1 --format='commit %h %s' | cut -c1-100
+export XDG_CACHE_HOME=/tmp/c1/.xdgcache
+CMD=$(sed -n '/^# 1\./{n;p}' README.md)
+echo "CMD: $CMD"
+start=$(date +%s)
+bash -c "$CMD"
+rc=$?
+end=$(date +%s)
+echo "rc=$rc total_s=$((end-start))"
