@@ -65,7 +65,7 @@ def train(
     """Train on the built-in benchmark (default), MUSIC-AVQA features or custom data; or,
     with --method prompt --from RUN, learn prompts for degraded sensors on a frozen run."""
     from .toolkit.config import TrainConfig, preset as make_preset
-    from .toolkit.data.sources import builtin_spec
+    from .toolkit.data.specs import builtin_spec
     from .toolkit.train import train as run_train
 
     if method == "prompt" or from_run is not None:
@@ -139,7 +139,7 @@ def write_split(
     """Write a built-in benchmark split as ordinary files (lossless video + WAV + questions
     JSONL), to replay through a camera/mic source or to train on with --manifest-dir."""
     from .toolkit.data.files import write_split as write
-    from .toolkit.data.sources import builtin_spec, load_split
+    from .toolkit.data.specs import builtin_spec, load_split
     from .toolkit.data.types import RawSplit
     data = load_split(builtin_spec(seed=data_seed), split)
     if clips:

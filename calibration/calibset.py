@@ -165,7 +165,7 @@ def build(split, vocabulary: Sequence[str], answers: Sequence[str], q_len: int, 
 def build_from_run(run_dir, n_clips: int = MIN_CLIPS, seed: int = 0,
                    log: Callable[[str], None] = lambda *_: None) -> CalibrationSet:
     """The calibration set of a training run: its config.json's data spec, split `val`."""
-    from avqa_edge.toolkit.data.sources import load_split   # numpy-only data code, no torch
+    from avqa_edge.toolkit.data.specs import load_split   # numpy-only data code, no torch
 
     path = Path(run_dir) / "config.json"
     try:

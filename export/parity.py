@@ -32,7 +32,7 @@ from avqa_edge.runtime.bundle import Bundle
 from avqa_edge.runtime.pipeline import Pipeline
 from avqa_edge.runtime.runners import OrtRunner, Runner
 
-from ..toolkit.evaluate import scenario_masks
+from ..toolkit.scoring import scenario_masks
 from .components import components_of
 
 # name -> (which sensor is missing, fraction of its segments missing). The three

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def clips(tiny_spec):
     """(frames (16, T, F, H, W, 3) uint8, audio (16, T*S) int16): healthy clips, including
     silent segments and static scenes."""
-    from avqa_edge.toolkit.data.sources import load_split
+    from avqa_edge.toolkit.data.specs import load_split
     split = load_split(tiny_spec, "val")
     return split.frames, split.audio
 

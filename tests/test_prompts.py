@@ -11,7 +11,7 @@ from avqa_edge.cli import app
 from avqa_edge.runtime import signal as sig
 from avqa_edge.toolkit.checkpoint import load_model, read_json
 from avqa_edge.toolkit.config import preset
-from avqa_edge.toolkit.evaluate import (UNCERTAIN, UNCERTAIN_CONDITIONS, observed_masks, predict, scenario_conditions,
+from avqa_edge.toolkit.scoring import (UNCERTAIN, UNCERTAIN_CONDITIONS, observed_masks, predict, scenario_conditions,
                                         scenario_masks)
 from avqa_edge.toolkit.model.avqa import AVQAModel, _blank
 from avqa_edge.toolkit.model.prompts import CONDITION_CASE, PROMPT_CASES, PromptBank, PromptConfig
@@ -38,7 +38,7 @@ def prompt_run(tiny_run, tmp_path_factory):
 def _data(run):
     from avqa_edge.runtime.text import Vocabulary
     from avqa_edge.toolkit.data.loader import SplitData
-    from avqa_edge.toolkit.data.sources import load_split
+    from avqa_edge.toolkit.data.specs import load_split
     model, config = load_model(run)
     train = SplitData(load_split(config["data"], "train"), Vocabulary(model.cfg.vocab), model.cfg.answers)
     train.cache_mel(model.audio_encoder.frontend)
@@ -181,7 +181,7 @@ def test_eval_with_prompts_every_scenario(tiny_run, prompt_run, tmp_path):
 def test_prompt_oracle_uses_the_set_of_the_true_case(tiny_run, prompt_run):
     from avqa_edge.runtime.text import Vocabulary
     from avqa_edge.toolkit.data.loader import SplitData
-    from avqa_edge.toolkit.data.sources import load_split
+    from avqa_edge.toolkit.data.specs import load_split
     model, config = load_model(tiny_run[0])
     bank, _ = load_prompts(prompt_run[0])
     test = SplitData(load_split(config["data"], "test"), Vocabulary(model.cfg.vocab), model.cfg.answers, strict_answers=False)

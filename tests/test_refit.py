@@ -6,7 +6,7 @@ import torch
 from avqa_edge.runtime.text import Vocabulary
 from avqa_edge.toolkit.checkpoint import load_model
 from avqa_edge.toolkit.data.loader import SplitData
-from avqa_edge.toolkit.data.sources import load_split
+from avqa_edge.toolkit.data.specs import load_split
 from avqa_edge.toolkit.refit import FeatureCache, encoders, freeze_encoders, trainable
 
 

@@ -6,7 +6,7 @@ from safetensors.torch import load_file
 
 from avqa_edge.toolkit.config import TrainConfig, preset
 from avqa_edge.toolkit.data.loader import SplitData
-from avqa_edge.toolkit.data.sources import load_split
+from avqa_edge.toolkit.data.specs import load_split
 from avqa_edge.toolkit.model.avqa import AVQAModel
 from avqa_edge.toolkit.model.tagger import EventTagger, batch_labels
 from avqa_edge.toolkit.train import train

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from avqa_edge.cli import app
 from avqa_edge.toolkit.checkpoint import load_model, read_json
-from avqa_edge.toolkit.evaluate import SCENARIOS
+from avqa_edge.toolkit.scoring import SCENARIOS
 
 
 def test_run_artifacts_rebuild_the_model(tiny_run):
@@ -227,8 +227,8 @@ def test_video_expert_trains_in_the_last_stage_only_and_eval_routes_to_it(tiny_s
     from avqa_edge.runtime.text import Vocabulary
     from avqa_edge.toolkit.config import TrainConfig, preset
     from avqa_edge.toolkit.data.loader import SplitData
-    from avqa_edge.toolkit.data.sources import load_split
-    from avqa_edge.toolkit.evaluate import predict
+    from avqa_edge.toolkit.data.specs import load_split
+    from avqa_edge.toolkit.scoring import predict
     from avqa_edge.toolkit.train import train
     run = tmp_path / method
     train(run, preset("edge"),

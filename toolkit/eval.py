@@ -16,8 +16,8 @@ from avqa_edge.runtime.text import Vocabulary
 
 from .checkpoint import load_model, read_json, write_json
 from .data.loader import SplitData
-from .data.sources import load_split, same_data
-from .evaluate import (ANSWERABLE, MISSING_SCENARIOS, NOISE_SCENARIOS, UNCERTAIN, answerable_accuracy, feature_std,
+from .data.specs import load_split, same_data
+from .scoring import (ANSWERABLE, MISSING_SCENARIOS, NOISE_SCENARIOS, UNCERTAIN, answerable_accuracy, feature_std,
                        gap_closed, gap_interval, is_correct, markdown_table, predict, score)
 from .model.avqa import FILL_METHODS
 

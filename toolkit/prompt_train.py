@@ -42,8 +42,8 @@ from avqa_edge.runtime.text import Vocabulary
 
 from .checkpoint import load_model, read_json, save_tensors, write_json
 from .data.loader import SplitData
-from .data.sources import load_split
-from .evaluate import NOISE_SCENARIOS, feature_std, predict, score
+from .data.specs import load_split
+from .scoring import NOISE_SCENARIOS, feature_std, predict, score
 from .model.prompts import CONDITION_CASE, PromptBank, PromptConfig, n_parameters, prompted_logits
 from .train import PER_CLIP, lr_at, random_masks
 

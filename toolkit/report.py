@@ -16,7 +16,7 @@ import numpy as np
 from avqa_edge.errors import AvqaError
 
 from .data.types import QUESTION_TYPES
-from .evaluate import ANSWERABLE, SHORT
+from .scoring import ANSWERABLE, SHORT
 
 Rows = Dict[Tuple[str, str], List[Dict[str, float]]]   # (scenario, method) -> one dict per seed
 

@@ -27,8 +27,8 @@ from avqa_edge.runtime.text import Vocabulary
 from .checkpoint import optimizer_tensors, read_json, restore_optimizer, save_tensors, write_json
 from .config import ARCH_VERSION, PRESET_LR, ModelConfig, TrainConfig
 from .data.loader import SplitData, to_device
-from .data.sources import load_split
-from .evaluate import MISSING_SCENARIOS, predict, score
+from .data.specs import load_split
+from .scoring import MISSING_SCENARIOS, predict, score
 from .model.avqa import AVQAModel
 from .model.tagger import EventTagger, batch_labels
 from .refit import FeatureCache, freeze_encoders, trainable

@@ -1,7 +1,7 @@
 """The gap-closed interval that `avqa-edge eval` prints: its maths, pairing and clustering."""
 import numpy as np
 
-from avqa_edge.toolkit.evaluate import gap_interval
+from avqa_edge.toolkit.scoring import gap_interval
 
 TYPES = ["Audio/Counting"]
 
