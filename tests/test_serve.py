@@ -418,7 +418,7 @@ def test_no_sensor_available_is_not_a_guess(bundle, question):
         first = svc.ask(question)
         assert first["mode"] == "visual_pseudo" and first["answer"] is not None    # no camera at all
         assert first["graph"] == "video_expert", "the video absent in every segment: the bundle's video expert"
-        from avqa_edge.cli_serve import _summary
+        from avqa_edge.cli.serve import _summary
         assert "mode visual_pseudo, video expert," in _summary(first, 1.0)
         assert first["sensors"]["camera"]["reason"] == "not configured (--camera none)"
         end = time.monotonic() + 15

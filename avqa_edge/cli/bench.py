@@ -1,15 +1,13 @@
-"""`avqa-edge bench`: latency and memory per component against PyTorch (issue 3, section 4)."""
+"""`avqa-edge bench`: latency and memory per component against PyTorch."""
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 from typing_extensions import Annotated
 
-from .cli import _clean_errors, app
+from ..console import make_console
 
 
-@app.command()
-@_clean_errors
 def bench(
     bundle: Annotated[Path, typer.Argument(help="An exported bundle.")],
     run: Annotated[Optional[Path], typer.Option(help="The PyTorch run (default: the run recorded in the bundle's manifest).")] = None,
@@ -21,18 +19,15 @@ def bench(
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write every number (and the machine, versions, model hash) here.")] = None,
     ort_config: Annotated[Optional[List[str]], typer.Option(help="Extra ONNX Runtime session config entry KEY=VALUE for the ORT process (repeatable), e.g. session.intra_op.allow_spinning=0.")] = None,
 ):
-    """Latency per answer (p50 / p95, batch 1) and peak memory: PyTorch eager vs ONNX Runtime
-    (and TensorRT engines where the bundle has them), each in its own process and pinned to
-    the same threads; per component, end to end in each mode (complete, audio pseudo, visual
-    pseudo), and the AVR unrolled graph vs separate step calls."""
-    from rich.console import Console
+    """Latency (p50 / p95, batch 1) and peak memory: PyTorch vs ONNX Runtime (and TensorRT).
 
-    from .export.bench import parse_ort_config, run_bench, summary_lines, tables
+    Each backend runs in its own process pinned to the same threads; per component, end to end
+    in each mode (complete, audio pseudo, visual pseudo), and the AVR unrolled graph vs
+    separate step calls."""
+    from ..export.bench import parse_ort_config, run_bench, summary_lines, tables
     report = run_bench(bundle, run, threads=threads, iters=iters, warmup=warmup, precision=precision, clips=clips,
                        json_path=json_path, log=typer.echo, ort_config=parse_ort_config(ort_config))
-    console = Console()
-    if not console.is_terminal:          # a log file: room for the wide tables
-        console = Console(width=140)
+    console = make_console()
     for table in tables(report):
         console.print(table)
     for line in summary_lines(report):
