@@ -18,3 +18,24 @@ def test_runtime_imports_without_torch():
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_python_api_is_exported_and_torch_free():
+    """`from avqa_edge import Pipeline, ...` works where torch cannot be imported, and a bare
+    `import avqa_edge` loads none of the heavy libraries."""
+    code = (
+        "import sys\n"
+        "sys.modules['torch'] = None\n"
+        "import avqa_edge\n"
+        "assert not {'onnxruntime', 'cv2', 'fastapi'} & set(sys.modules), 'import avqa_edge stays light'\n"
+        "from avqa_edge import Pipeline, Bundle, ServeConfig, build_service, run_server, AvqaError\n"
+        "assert Pipeline.from_bundle and callable(build_service) and callable(run_server)\n"
+        "assert set(avqa_edge.__all__) >= {'Pipeline', 'build_service', 'ServeConfig'}\n"
+        "try:\n"
+        "    avqa_edge.NoSuchThing\n"
+        "except AttributeError:\n"
+        "    pass\n"
+        "else:\n"
+        "    raise SystemExit('unknown names must raise AttributeError')\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

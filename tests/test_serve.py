@@ -507,3 +507,15 @@ def test_cli_faults_benchmark(bundle, tmp_path):
     assert [(k["sensor"], k["kind"]) for k in report["kinds"]] == [("camera", "black"), ("mic", "clip")]
     assert all(k["detected"] == 2 and k["max_detect_s"] <= 1.5 for k in report["kinds"])
     assert report["healthy"]["failed"] == 0 and "0 false alarms" in res.output
+
+
+def test_serve_help_lists_exactly_the_injectable_fault_kinds():
+    import re
+
+    from avqa_edge.runtime.inject import KINDS
+    res = CliRunner().invoke(app, ["serve", "--help"], env={"COLUMNS": "400", "NO_COLOR": "1"})
+    text = " ".join(res.output.split())
+    for sensor, label in (("camera", "Camera kinds:"), ("mic", "Mic kinds:")):
+        found = re.search(re.escape(label) + r" ([a-z, ]+)\.", text)
+        assert found, f"--inject help names the {sensor} kinds"
+        assert [k.strip() for k in found.group(1).split(",")] == list(KINDS[sensor])

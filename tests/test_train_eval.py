@@ -1,5 +1,6 @@
 """End-to-end: a short training run, its artifacts, eval's scenarios, determinism, CLI errors."""
 import json
+from pathlib import Path
 import subprocess
 import sys
 
@@ -33,8 +34,11 @@ def test_run_artifacts_rebuild_the_model(tiny_run):
 def test_eval_scenarios_and_determinism(tiny_run, tmp_path):
     from avqa_edge.toolkit.eval import run_eval
     run, _ = tiny_run
+    before = {p.name: p.stat().st_mtime_ns for p in Path(run).iterdir()}
     a = run_eval(run, tmp_path / "a.json", [], sweep=False, seed=0, log=lambda *_: None)
     b = run_eval(run, tmp_path / "b.json", [], sweep=False, seed=0, log=lambda *_: None)
+    assert {p.name: p.stat().st_mtime_ns for p in Path(run).iterdir()} == before, "--json elsewhere leaves the run as it was"
+    assert "| audio_missing |" in (tmp_path / "a.md").read_text(), "the Markdown report lies beside its JSON"
     assert a["scenarios"] == b["scenarios"], "same seed, same numbers"
     assert json.dumps(a["gap_closed"]) == json.dumps(b["gap_closed"]), "and the same gap intervals (nan-safe)"
     for scen in ("audio_missing", "visual_missing"):

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from avqa_edge.errors import AvqaError
+from avqa_edge.runtime.atomic import write_text
 from avqa_edge.runtime.text import Vocabulary
 
 from .checkpoint import load_model, read_json, write_json
@@ -54,12 +55,62 @@ def run_eval(run_dir: Path, json_path: Optional[Path], compare: List[Path], swee
     """Score `run_dir` (and the `compare` runs on the same inputs) under every scenario; with a
     prompt run trained on it, also prompt_all / prompt_oracle everywhere and prompt_detect
     under `uncertain`. `test_clips` (built-in benchmark only) generates a test split of that
-    many clips instead of the run's: the same generator and seed, disjoint from training."""
-    from rich.console import Console
-    from rich.progress import Progress
-    console = Console()
+    many clips instead of the run's: the same generator and seed, disjoint from training.
+    Writes the JSON (default RUN_DIR/eval.json) and, beside it and named after it, the
+    Markdown report (eval.md) and the sweep plot (eval_sweep.png)."""
+    from avqa_edge.console import make_console
+    console = make_console()
     t0 = time.time()
+    json_path = Path(json_path) if json_path else Path(run_dir) / "eval.json"
     model, config = _load_finished(run_dir)
+    others = _load_compared(run_dir, config, compare)
+    bank = None
+    if prompt is not None:
+        from .prompt_train import load_prompts
+        bank, _ = load_prompts(prompt, run_dir)
+    spec = config["data"]
+    test_spec = _test_spec(spec, test_clips)
+    log(f"loading test data ({spec['kind']}) ...")
+    test, val = _load_eval_data(model, config, spec, test_spec)
+    n = min(limit, len(test)) if limit else len(test)
+    jobs = _plan_jobs(model, others, config["train"]["method"], bank)
+    results, answered, std = _score_jobs(jobs, model, test, val, n, limit, seed, bank, console, log)
+    out = {"scenarios": results, "n": n, "run": str(run_dir), "model_hash": config.get("model_hash"),
+           "data": test_spec, "generator_version": spec.get("generator_version"), "seed": seed,
+           "feature_std_val": {"audio": std[0], "visual": std[1]},
+           "prompt_run": str(prompt) if prompt is not None else None,
+           "uncertain": {"conditions": ["complete", "audio_missing", "visual_missing", "audio_noisy", "visual_noisy"],
+                         "drawn": "per clip, uniformly, seed [seed, 5]",
+                         "observed": "absent = all-black frames / digital silence in a segment's raw input"}}
+    out["question_only"] = question_only_prior(load_split(spec, "train"), test, config["model"]["answers"]) if not limit else None
+    out["answerable"] = ANSWERABLE if spec["kind"] == "builtin" else None
+    fill = _fullest(model)
+    if spec["kind"] == "builtin" and config["train"]["method"] == "rmm_avr" and fill:
+        out["gap_closed"], out["gap_method"] = _gaps(results, answered, fill, others, test, seed), fill
+    if model.rmm is not None:
+        batch = test.batch(test.ordered_batches(256, 256)[0])
+        with torch.no_grad():
+            f, _, _ = model.encode(batch)
+            out["addressing_entropy"] = {"variant": model.cfg.addressing, **model.rmm.stats(f.a, f.v, f.q)}
+    if sweep:
+        out["sweep"] = run_sweep(model, others, test, seed, console)
+        plot_sweep(out["sweep"], _beside(json_path, "_sweep.png"))
+    text = eval_markdown(out, run_dir, bank is not None)
+    md_path = _beside(json_path, ".md")
+    write_text(md_path, text)
+    write_json(json_path, out)
+    console.print(text)
+    log(f"eval done in {time.time() - t0:.0f}s; wrote {json_path} and {md_path}")
+    return out
+
+
+def _beside(json_path: Path, suffix: str) -> Path:
+    """A file written with the JSON, named after it: eval.json -> eval.md, eval_sweep.png."""
+    return json_path.with_name(json_path.stem + suffix)
+
+
+def _load_compared(run_dir: Path, config: Dict, compare: List[Path]) -> List:
+    """[(label, model)] of the runs scored beside `run_dir`: same data, vocabulary and answers."""
     others = []
     for other in compare:
         m, c = _load_finished(other)
@@ -68,19 +119,21 @@ def run_eval(run_dir: Path, json_path: Optional[Path], compare: List[Path], swee
         if c["model"]["vocab"] != config["model"]["vocab"] or c["model"]["answers"] != config["model"]["answers"]:
             raise AvqaError(f"{other} has another vocabulary or answer list than {run_dir}")
         others.append((c["train"]["method"] + (f"#{len(others)}" if any(o[0] == c["train"]["method"] for o in others) else ""), m))
-    bank = None
-    if prompt is not None:
-        from .prompt_train import load_prompts
-        bank, _ = load_prompts(prompt, run_dir)
-    spec = config["data"]
-    test_spec = spec
-    if test_clips:
-        if spec["kind"] != "builtin":
-            raise AvqaError("--test-clips applies to the built-in benchmark only")
-        if test_clips < 1:
-            raise AvqaError(f"--test-clips must be positive, got {test_clips}")
-        test_spec = {**spec, "synth": {**spec["synth"], "test_clips": test_clips}}
-    log(f"loading test data ({spec['kind']}) ...")
+    return others
+
+
+def _test_spec(spec: Dict, test_clips: int) -> Dict:
+    if not test_clips:
+        return spec
+    if spec["kind"] != "builtin":
+        raise AvqaError("--test-clips applies to the built-in benchmark only")
+    if test_clips < 1:
+        raise AvqaError(f"--test-clips must be positive, got {test_clips}")
+    return {**spec, "synth": {**spec["synth"], "test_clips": test_clips}}
+
+
+def _load_eval_data(model, config: Dict, spec: Dict, test_spec: Dict):
+    """(test, val) SplitData; val only measures the feature scale of the noise scenarios."""
     vocab = Vocabulary(config["model"]["vocab"])
     answers = config["model"]["answers"]
     test = SplitData(load_split(test_spec, "test"), vocab, answers, strict_answers=False)
@@ -88,16 +141,17 @@ def run_eval(run_dir: Path, json_path: Optional[Path], compare: List[Path], swee
     if model.cfg.inputs == "raw":
         for d in (test, val):
             d.cache_mel(model.audio_encoder.frontend)
-    n = min(limit, len(test)) if limit else len(test)
+    return test, val
 
-    main_name = config["train"]["method"]
-    jobs = []   # (scenario, method label, model, fill method)
+
+def _plan_jobs(model, others, main_name: str, bank) -> List:
+    """[(scenario, row label, model, fill method)]: every row of the results table."""
+    jobs = []
     for scen in MISSING_SCENARIOS:
         if scen == "complete":
             jobs.append((scen, "zero_fill", model, "zero_fill"))
         else:
-            methods = [m for m in FILL_METHODS if _applies(model, m)]
-            jobs += [(scen, m, model, m) for m in methods]
+            jobs += [(scen, m, model, m) for m in FILL_METHODS if _applies(model, m)]
         jobs += [(scen, name, m, "zero_fill") for name, m in others]
     for scen in NOISE_SCENARIOS:
         jobs.append((scen, "none", model, "none"))
@@ -118,9 +172,15 @@ def run_eval(run_dir: Path, json_path: Optional[Path], compare: List[Path], swee
         jobs.sort(key=lambda j: order[j[0]])          # stable: each scenario's rows stay together
     if main_name != "rmm_avr":   # a baseline/dropout run evaluated on its own: name its rows
         jobs = [(s, main_name if mm is model and meth in ("zero_fill", "none") else lbl, mm, meth) for s, lbl, mm, meth in jobs]
+    return jobs
 
+
+def _score_jobs(jobs, model, test: SplitData, val: SplitData, n: int, limit: int, seed: int, bank, console, log):
+    """-> (results[scenario][label] = score dict, answered[(scenario, label)] = (question ids,
+    right or not) of the main model's missing-sensor rows, the main model's feature std)."""
+    from rich.progress import Progress
     results: Dict[str, Dict[str, Dict[str, float]]] = {}
-    answered = {}   # (scenario, label) -> (question ids, right or not): the gap's interval
+    answered = {}
     stds = {id(m): feature_std(m, val) for m in {id(j[2]): j[2] for j in jobs}.values()}   # noise scale per model
     std = stds[id(model)]
     log(f"{n} test questions; feature std on validation: audio {std[0]:.3f}, visual {std[1]:.3f}")
@@ -135,63 +195,51 @@ def run_eval(run_dir: Path, json_path: Optional[Path], compare: List[Path], swee
                 answered[scen, label] = (qs, is_correct(test, qs, preds))
     # complete: nothing is missing, so every fill method gives the same answers (a baseline or
     # dropout run has one row, already named after it)
-    for meth in FILL_METHODS if main_name == "rmm_avr" else ():
-        if _applies(model, meth):
-            results["complete"].setdefault(meth, results["complete"]["zero_fill"])
+    if "zero_fill" in results.get("complete", {}):
+        for meth in FILL_METHODS:
+            if _applies(model, meth):
+                results["complete"].setdefault(meth, results["complete"]["zero_fill"])
+    return results, answered, std
 
-    out = {"scenarios": results, "n": n, "run": str(run_dir), "model_hash": config.get("model_hash"),
-           "data": test_spec, "generator_version": spec.get("generator_version"), "seed": seed,
-           "feature_std_val": {"audio": std[0], "visual": std[1]},
-           "prompt_run": str(prompt) if prompt is not None else None,
-           "uncertain": {"conditions": ["complete", "audio_missing", "visual_missing", "audio_noisy", "visual_noisy"],
-                         "drawn": "per clip, uniformly, seed [seed, 5]",
-                         "observed": "absent = all-black frames / digital silence in a segment's raw input"}}
-    out["question_only"] = question_only_prior(load_split(spec, "train"), test, answers) if not limit else None
-    out["answerable"] = ANSWERABLE if spec["kind"] == "builtin" else None
-    if spec["kind"] == "builtin" and main_name == "rmm_avr" and fill:
-        out["gap_closed"], out["gap_method"] = {}, fill
-        for scen, types in ANSWERABLE.items():
-            row = {"overall": gap_closed(results, scen, fill, list(types))}
-            row["answerable_types"] = _gap_answerable(results, scen, fill, list(types), test)
-            row["answerable_types_ci95"] = _gap_ci(answered, scen, fill, list(types), test, seed)
-            for base in [name for name, _ in others]:
-                row[f"vs_{base}_answerable"] = (answerable_accuracy(results[scen][fill], test, list(types))
-                                                - answerable_accuracy(results[scen][base], test, list(types)))
-            out["gap_closed"][scen] = row
-    if model.rmm is not None:
-        batch = test.batch(test.ordered_batches(256, 256)[0])
-        with torch.no_grad():
-            f, _, _ = model.encode(batch)
-            out["addressing_entropy"] = {"variant": model.cfg.addressing, **model.rmm.stats(f.a, f.v, f.q)}
-    if sweep:
-        out["sweep"] = run_sweep(model, others, test, seed, console)
-        plot_sweep(out["sweep"], Path(run_dir) / "sweep.png")
-    table = markdown_table(results)
-    md = [f"# avqa-edge eval of {run_dir}", "", f"{n} test questions, generator {spec.get('generator_version')}, "
-          f"model {config.get('model_hash')}, seed {seed}. Accuracy in %.", "", table, ""]
+
+def _gaps(results, answered, fill: str, others, test: SplitData, seed: int) -> Dict:
+    """Per missing scenario: the share of the zero_fill -> complete gap that `fill` closes,
+    overall and on the types the remaining sensor can answer (with a bootstrap interval), and
+    the difference to each compared run there."""
+    out = {}
+    for scen, types in ANSWERABLE.items():
+        types = list(types)
+        row = {"overall": gap_closed(results, scen, fill, types)}
+        row["answerable_types"] = _gap_answerable(results, scen, fill, types, test)
+        row["answerable_types_ci95"] = _gap_ci(answered, scen, fill, types, test, seed)
+        for base in [name for name, _ in others]:
+            row[f"vs_{base}_answerable"] = (answerable_accuracy(results[scen][fill], test, types)
+                                            - answerable_accuracy(results[scen][base], test, types))
+        out[scen] = row
+    return out
+
+
+def eval_markdown(out: Dict, run_dir: Path, prompts: bool) -> str:
+    """The eval report as Markdown: the table and one line per headline figure."""
+    md = [f"# avqa-edge eval of {run_dir}", "", f"{out['n']} test questions, generator {out['generator_version']}, "
+          f"model {out['model_hash']}, seed {out['seed']}. Accuracy in %.", "", markdown_table(out["scenarios"]), ""]
     if out["question_only"]:
         md.append(f"Question-only prior (most frequent training answer per question): "
                   f"{100 * out['question_only']['overall']:.1f} %")
-    if out.get("gap_closed"):
-        for scen, row in out["gap_closed"].items():
-            md.append(f"- {scen}: gap zero_fill -> complete closed by {out['gap_method']}: overall "
-                      f"{100 * row['overall']['overall']:.0f} %, on answerable types {100 * row['answerable_types']:.0f} % "
-                      f"(95 % interval over test clips {100 * row['answerable_types_ci95'][0]:.0f} to "
-                      f"{100 * row['answerable_types_ci95'][1]:.0f} %; training runs vary more, see the README)")
+    for scen, row in (out.get("gap_closed") or {}).items():
+        md.append(f"- {scen}: gap zero_fill -> complete closed by {out['gap_method']}: overall "
+                  f"{100 * row['overall']['overall']:.0f} %, on answerable types {100 * row['answerable_types']:.0f} % "
+                  f"(95 % interval over test clips {100 * row['answerable_types_ci95'][0]:.0f} to "
+                  f"{100 * row['answerable_types_ci95'][1]:.0f} %; training runs vary more: compare seeds with `avqa-edge report`)")
     md.append(f"- {UNCERTAIN}: each clip draws complete / audio missing / visual missing / audio noisy / visual noisy "
               "(seed fixed); no method is told which, methods that fill see only observable absence (black frames, "
               "silence)" + ("; prompt_detect picks the prompt set from that, prompt_oracle is told the case, "
-                            "prompt_all uses every set" if bank is not None else ""))
+                            "prompt_all uses every set" if prompts else ""))
     if out.get("addressing_entropy"):
         e = out["addressing_entropy"]
         md.append(f"- RMM addressing ({e['variant']}) entropy: audio recall {e['entropy_audio_recall']:.2f}, "
                   f"visual recall {e['entropy_visual_recall']:.2f} nats (uniform {e['entropy_uniform']:.2f})")
-    text = "\n".join(md) + "\n"
-    (Path(run_dir) / "eval.md").write_text(text)
-    write_json(json_path or Path(run_dir) / "eval.json", out)
-    console.print(text)
-    log(f"eval done in {time.time() - t0:.0f}s; wrote {json_path or Path(run_dir) / 'eval.json'} and eval.md")
-    return out
+    return "\n".join(md) + "\n"
 
 
 def _applies(model, method: str) -> bool:

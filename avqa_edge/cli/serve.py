@@ -67,7 +67,7 @@ def serve(
     ask: Annotated[Optional[str], typer.Option(help="Answer this question once the window is recorded, print it and exit (no HTTP server).")] = None,
     every: Annotated[float, typer.Option(help="With --ask: ask again every this many seconds until --duration.")] = 0.0,
     stdin: Annotated[bool, typer.Option("--stdin", help="Answer each line read from stdin (no HTTP server).")] = False,
-    inject: Annotated[Optional[str], typer.Option(help="Failure injection, e.g. camera:off@15s,mic:silence@25s-30s (kinds: off, hang, freeze, black, saturate, noise, nan; silence, clip, flat).")] = None,
+    inject: Annotated[Optional[str], typer.Option(help="Failure injection, e.g. camera:off@15s,mic:silence@25s-30s. Camera kinds: off, hang, freeze, black, saturate, noise, nan. Mic kinds: off, hang, freeze, silence, clip, noise, nan, flat.")] = None,
     duration: Annotated[Optional[float], typer.Option(help="Stop after this many seconds.")] = None,
     warmup: Annotated[float, typer.Option(help="Answer once this many seconds of the 10-second window are recorded (earlier segments count as absent).")] = 10.0,
     thresholds: Annotated[Optional[Path], typer.Option(help="Health thresholds from `avqa-edge calibrate` (default: fitted on the bundle's calibration set).")] = None,
