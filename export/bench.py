@@ -39,6 +39,7 @@ from avqa_edge import __version__
 from avqa_edge.calibration.calibset import CalibrationSet
 from avqa_edge.errors import AvqaError
 from avqa_edge.runtime import signal as sig
+from avqa_edge.runtime.atomic import write_json
 from avqa_edge.runtime.bundle import PRECISIONS, Bundle
 
 from .bench_worker import METHOD, MODES
@@ -346,25 +347,9 @@ def run_bench(bundle_dir, run_dir=None, threads: int = 0, iters: int = 200, warm
     ort_config = dict(ort_config or {})
     bundle = Bundle.open(bundle_dir, verify=True)
     run = _resolve_run(bundle, run_dir)
-
-    from ..toolkit.checkpoint import load_model
-    from . import components as C
-    model, config = load_model(run)
-    if model.cfg.hash() != bundle.manifest.get("config_hash"):
-        raise AvqaError(f"the run {run} has model config {model.cfg.hash()}, the bundle {bundle.manifest.get('config_hash')}: "
-                        "not the same model")
-    C.check_exportable(model)
+    model, config = _load_matching_model(bundle, run)
     calib = CalibrationSet.load(bundle.path / bundle.manifest["calibration"]["dir"])
-    notes = []
-    if bundle.parity_passed is False:
-        notes.append("this bundle FAILED its parity gate at export: these are the speeds of graphs whose answers "
-                     "differ from PyTorch's")
-    load_start = _load()
-    if load_start and load_start[0] >= 1.0:
-        notes.append(f"1-minute load average {load_start[0]} before the bench started, on "
-                     f"{machine_info().get('usable_cores')} core(s): if that work was still running, the timings are "
-                     "disturbed")
-    engines = bundle.manifest.get("engines") or {}
+    notes, load_start = _notes_before(bundle)
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="avqa-bench-") as tmp_name:
         tmp = Path(tmp_name)
@@ -374,6 +359,7 @@ def run_bench(bundle_dir, run_dir=None, threads: int = 0, iters: int = 200, warm
             step = export_step_graph(model, tmp / "denoiser_step.onnx", threads)
         else:
             notes.append("the AVR unrolled-vs-step-calls comparison runs with --precision fp32 only")
+        from . import components as C
         io = {c: {"inputs": [s.name for s in ins], "outputs": [s.name for s in outs]}
               for c, (ins, outs) in C.io_specs(model).items()}
         spec = {"bundle": str(Path(bundle_dir).resolve()), "run": str(run.resolve()), "precision": precision,
@@ -383,21 +369,7 @@ def run_bench(bundle_dir, run_dir=None, threads: int = 0, iters: int = 200, warm
         del model
         log(f"bench: {bundle_dir}, {threads} thread(s), {warmup} warm-up + {iters} timed calls per row, "
             f"{n_clips} calibration clips; each backend in its own process")
-        results: Dict[str, Dict] = {}
-        log(f"PyTorch eager (fp32, torch.inference_mode), run {run}")
-        results["pytorch"] = _run_worker("pytorch", spec, tmp, log)
-        log(f"ONNX Runtime ({precision} graphs, CPUExecutionProvider"
-            + (f", session config {ort_config}" if ort_config else "") + ")")
-        results["ort"] = _run_worker("ort", spec, tmp, log)
-        if set(bundle.graphs) <= set(engines):
-            log("TensorRT (the bundle's engines)")
-            try:
-                results["trt"] = _run_worker("trt", spec, tmp, log)
-            except AvqaError as e:         # optional: report why, keep the other numbers
-                results["trt"] = {"backend": "trt", "available": False, "reason": f"not available: {e}"}
-        else:
-            why = "no engines in bundle" if not engines else f"engines for {sorted(engines)} only (the pipeline needs {list(bundle.graphs)})"
-            results["trt"] = {"backend": "trt", "available": False, "reason": f"not available: {why}"}
+        results = _measure_backends(bundle, run, spec, tmp, log)
     versions = {"avqa_edge": __version__, "python": platform.python_version(), "numpy": np.__version__}
     for r in results.values():
         versions.update(r.get("versions", {}))
@@ -414,10 +386,56 @@ def run_bench(bundle_dir, run_dir=None, threads: int = 0, iters: int = 200, warm
             "notes": notes}
     report = assemble(results, meta)
     if json_path is not None:
-        path = Path(json_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=2) + "\n")
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        write_json(json_path, report)
     return report
+
+
+def _load_matching_model(bundle: Bundle, run: Path):
+    """The PyTorch model of `run`, refused unless it is the bundle's model."""
+    from ..toolkit.checkpoint import load_model
+    from . import components as C
+    model, config = load_model(run)
+    if model.cfg.hash() != bundle.manifest.get("config_hash"):
+        raise AvqaError(f"the run {run} has model config {model.cfg.hash()}, the bundle {bundle.manifest.get('config_hash')}: "
+                        "not the same model")
+    C.check_exportable(model)
+    return model, config
+
+
+def _notes_before(bundle: Bundle):
+    """-> (notes that qualify the numbers, the 1-minute load average at the start)."""
+    notes = []
+    if bundle.parity_passed is False:
+        notes.append("this bundle FAILED its parity gate at export: these are the speeds of graphs whose answers "
+                     "differ from PyTorch's")
+    load_start = _load()
+    if load_start and load_start[0] >= 1.0:
+        notes.append(f"1-minute load average {load_start[0]} before the bench started, on "
+                     f"{machine_info().get('usable_cores')} core(s): if that work was still running, the timings are "
+                     "disturbed")
+    return notes, load_start
+
+
+def _measure_backends(bundle: Bundle, run: Path, spec: Dict, tmp: Path, log: Log) -> Dict[str, Dict]:
+    """Each backend in its own worker process: PyTorch, ONNX Runtime, TensorRT where possible."""
+    engines = bundle.manifest.get("engines") or {}
+    results: Dict[str, Dict] = {}
+    log(f"PyTorch eager (fp32, torch.inference_mode), run {run}")
+    results["pytorch"] = _run_worker("pytorch", spec, tmp, log)
+    log(f"ONNX Runtime ({spec['precision']} graphs, CPUExecutionProvider"
+        + (f", config {spec['ort_config']}" if spec["ort_config"] else "") + ")")
+    results["ort"] = _run_worker("ort", spec, tmp, log)
+    if set(bundle.graphs) <= set(engines):
+        log("TensorRT (the bundle's engines)")
+        try:
+            results["trt"] = _run_worker("trt", spec, tmp, log)
+        except AvqaError as e:         # optional: report why, keep the other numbers
+            results["trt"] = {"backend": "trt", "available": False, "reason": f"not available: {e}"}
+    else:
+        why = "no engines in bundle" if not engines else f"engines for {sorted(engines)} only (the pipeline needs {list(bundle.graphs)})"
+        results["trt"] = {"backend": "trt", "available": False, "reason": f"not available: {why}"}
+    return results
 
 
 # ---- printing ------------------------------------------------------------------------------------

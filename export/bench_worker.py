@@ -134,6 +134,7 @@ def e2e_inputs(feeds: Dict[str, np.ndarray], mode: str, k: int):
 # ---- PyTorch -------------------------------------------------------------------------------------
 
 def run_pytorch(spec: Dict, feeds: Dict[str, np.ndarray], result: Dict) -> None:
+    """PyTorch eager: each component's wrapper, then the model's answer path end to end."""
     import torch
     n = int(spec["threads"])
     torch.set_num_threads(n)
@@ -141,83 +142,18 @@ def run_pytorch(spec: Dict, feeds: Dict[str, np.ndarray], result: Dict) -> None:
         torch.set_num_interop_threads(1)
     except RuntimeError:        # already set (only possible before any parallel work)
         pass
-    from avqa_edge.errors import AvqaError
-    from avqa_edge.export import components as C
     from avqa_edge.toolkit.checkpoint import load_model
-    from avqa_edge.toolkit.model import avqa as M
     result["memory"]["rss_after_imports_mb"] = rss_mb()
     result["versions"]["torch"] = torch.__version__
     result["threads_effective"] = {"torch.get_num_threads": torch.get_num_threads(),
                                    "torch.get_num_interop_threads": torch.get_num_interop_threads()}
-
     model, _ = load_model(spec["run"])
     model.eval()
-    wrappers = {c: C.build(model, c) for c in spec["components"]}
-    result["memory"]["rss_after_load_mb"] = rss_mb()
-    k_in, warm, iters = int(spec["clips"]), int(spec["warmup"]), int(spec["iters"])
-    io = spec["io"]
-
     with torch.inference_mode():
-        comps = {}
-        for comp in spec["components"]:
-            mod, names = wrappers[comp], io[comp]["inputs"]
-            tensors = [[torch.from_numpy(feeds[f"{comp}.{nm}"][k]) for nm in names] for k in range(k_in)]
-
-            def call(k, mod=mod, tensors=tensors):
-                out = mod(*tensors[k])
-                return [o.numpy() for o in (out if isinstance(out, tuple) else (out,))]
-            comps[comp] = {"infer": stats(measure(call, k_in, warm, iters))}
-            log(f"  pytorch {comp:<11} p50 {comps[comp]['infer']['p50']:8.3f} ms")
-        result["components"] = comps
-
-        t, c, h, w = model.cfg.t_segments, model.cfg.dim, model.cfg.map_h, model.cfg.map_w
-
-        def answer(frames, audio, tokens, timings):
-            """AVQAModel.forward's steps (encode, fill with rmm+avr, backbone), timed one by one."""
-            def timed(name, fn):
-                t0 = time.perf_counter()
-                out = fn()
-                timings[name] = timings.get(name, 0.0) + (time.perf_counter() - t0) * 1e3
-                return out
-            batch = {"tokens": torch.from_numpy(tokens)}
-            if frames is not None:
-                batch["frames"] = torch.from_numpy(frames)[None]
-            if audio is not None:
-                batch["audio"] = torch.from_numpy(audio)[None]
-            mask_a = torch.full((1, t), 1.0 if audio is not None else 0.0)
-            mask_v = torch.full((1, t), 1.0 if frames is not None else 0.0)
-            q = timed("question", lambda: model.question_encoder(batch["tokens"]))
-            if bool(mask_a.any()):
-                a = timed("audio", lambda: model.encode_audio(M._blank(batch, "audio", mask_a)) * mask_a[..., None])
-            else:
-                a = q.new_zeros(1, t, c)
-            if bool(mask_v.any()):
-                v = timed("visual", lambda: model.encode_visual(M._blank(batch, "visual", mask_v))
-                          * mask_v[..., None, None, None])
-            else:
-                v = q.new_zeros(1, t, c, h, w)
-            f = M.Feats(a, v, q)
-            ma, mv = mask_a[..., None], mask_v[..., None, None, None]
-            if model.rmm is not None:                                   # model.fill, method rmm+avr
-                pa, pv = timed("rmm", lambda: model.pseudo(f))
-                a, v = ma * f.a + (1 - ma) * pa, mv * f.v + (1 - mv) * pv
-            if model.denoiser is not None and bool(((mask_a < 1) | (mask_v < 1)).any()):
-                a, v = timed("avr", lambda: model.enhance(a, v, mask_a, mask_v))
-            logits = timed("backbone", lambda: model.answer(a, v, f.q, mask_a, mask_v))   # or the video expert
-            probs = torch.softmax(logits[0].double(), 0)
-            top = torch.topk(probs, min(3, probs.numel()))
-            return int(top.indices[0]), logits, batch, mask_a, mask_v
-
-        # the timed steps must stay the model's own forward: check once per mode
-        for mode in spec["modes"]:
-            frames, audio, tokens = e2e_inputs(feeds, mode, 0)
-            _, logits, batch, ma, mv = answer(frames, audio, tokens, {})
-            want = model(batch, ma, mv, method=METHOD)
-            if not torch.allclose(logits, want, atol=1e-5, rtol=1e-5):
-                raise AvqaError(f"bench: the timed PyTorch steps no longer equal AVQAModel.forward in mode {mode} "
-                                f"(max abs diff {float((logits - want).abs().max()):.3g}); update "
-                                "export/bench_worker.py to follow toolkit/model/avqa.py")
-
+        result["components"] = _pytorch_components(model, spec, feeds, result)
+        answer = _pytorch_answer(model)
+        _check_answer_is_forward(model, answer, spec, feeds)
+        k_in, warm, iters = int(spec["clips"]), int(spec["warmup"]), int(spec["iters"])
         e2e = {}
         for mode in spec["modes"]:
             def one(k, mode=mode):
@@ -228,6 +164,84 @@ def run_pytorch(spec: Dict, feeds: Dict[str, np.ndarray], result: Dict) -> None:
             log(f"  pytorch end to end {mode:<13} p50 {e2e[mode]['p50']:8.3f} ms")
         result["end_to_end"] = e2e
     result["memory"]["peak_rss_mb"] = peak_rss_mb()
+
+
+def _pytorch_components(model, spec: Dict, feeds: Dict[str, np.ndarray], result: Dict) -> Dict:
+    """Latency of each exported component's PyTorch wrapper on the same feeds as the graphs."""
+    import torch
+    from avqa_edge.export import components as C
+    wrappers = {c: C.build(model, c) for c in spec["components"]}
+    result["memory"]["rss_after_load_mb"] = rss_mb()
+    k_in, warm, iters = int(spec["clips"]), int(spec["warmup"]), int(spec["iters"])
+    comps = {}
+    for comp in spec["components"]:
+        mod, names = wrappers[comp], spec["io"][comp]["inputs"]
+        tensors = [[torch.from_numpy(feeds[f"{comp}.{nm}"][k]) for nm in names] for k in range(k_in)]
+
+        def call(k, mod=mod, tensors=tensors):
+            out = mod(*tensors[k])
+            return [o.numpy() for o in (out if isinstance(out, tuple) else (out,))]
+        comps[comp] = {"infer": stats(measure(call, k_in, warm, iters))}
+        log(f"  pytorch {comp:<11} p50 {comps[comp]['infer']['p50']:8.3f} ms")
+    return comps
+
+
+def _pytorch_answer(model):
+    """AVQAModel.forward's steps (encode, fill with rmm+avr, backbone) as one function that
+    times each step: answer(frames, audio, tokens, timings) -> (top index, logits, batch, masks)."""
+    import torch
+    from avqa_edge.toolkit.model import avqa as M
+    t, c, h, w = model.cfg.t_segments, model.cfg.dim, model.cfg.map_h, model.cfg.map_w
+
+    def answer(frames, audio, tokens, timings):
+        def timed(name, fn):
+            t0 = time.perf_counter()
+            out = fn()
+            timings[name] = timings.get(name, 0.0) + (time.perf_counter() - t0) * 1e3
+            return out
+        batch = {"tokens": torch.from_numpy(tokens)}
+        if frames is not None:
+            batch["frames"] = torch.from_numpy(frames)[None]
+        if audio is not None:
+            batch["audio"] = torch.from_numpy(audio)[None]
+        mask_a = torch.full((1, t), 1.0 if audio is not None else 0.0)
+        mask_v = torch.full((1, t), 1.0 if frames is not None else 0.0)
+        q = timed("question", lambda: model.question_encoder(batch["tokens"]))
+        if bool(mask_a.any()):
+            a = timed("audio", lambda: model.encode_audio(M._blank(batch, "audio", mask_a)) * mask_a[..., None])
+        else:
+            a = q.new_zeros(1, t, c)
+        if bool(mask_v.any()):
+            v = timed("visual", lambda: model.encode_visual(M._blank(batch, "visual", mask_v))
+                      * mask_v[..., None, None, None])
+        else:
+            v = q.new_zeros(1, t, c, h, w)
+        f = M.Feats(a, v, q)
+        ma, mv = mask_a[..., None], mask_v[..., None, None, None]
+        if model.rmm is not None:                                   # model.fill, method rmm+avr
+            pa, pv = timed("rmm", lambda: model.pseudo(f))
+            a, v = ma * f.a + (1 - ma) * pa, mv * f.v + (1 - mv) * pv
+        if model.denoiser is not None and bool(((mask_a < 1) | (mask_v < 1)).any()):
+            a, v = timed("avr", lambda: model.enhance(a, v, mask_a, mask_v))
+        logits = timed("backbone", lambda: model.answer(a, v, f.q, mask_a, mask_v))   # or the video expert
+        probs = torch.softmax(logits[0].double(), 0)
+        top = torch.topk(probs, min(3, probs.numel()))
+        return int(top.indices[0]), logits, batch, mask_a, mask_v
+    return answer
+
+
+def _check_answer_is_forward(model, answer, spec: Dict, feeds: Dict[str, np.ndarray]) -> None:
+    """The timed steps must stay the model's own forward: checked once per mode."""
+    import torch
+    from avqa_edge.errors import AvqaError
+    for mode in spec["modes"]:
+        frames, audio, tokens = e2e_inputs(feeds, mode, 0)
+        _, logits, batch, ma, mv = answer(frames, audio, tokens, {})
+        want = model(batch, ma, mv, method=METHOD)
+        if not torch.allclose(logits, want, atol=1e-5, rtol=1e-5):
+            raise AvqaError(f"bench: the timed PyTorch steps no longer equal AVQAModel.forward in mode {mode} "
+                            f"(max abs diff {float((logits - want).abs().max()):.3g}); update "
+                            "export/bench_worker.py to follow toolkit/model/avqa.py")
 
 
 # ---- ONNX Runtime / TensorRT ---------------------------------------------------------------------
@@ -277,17 +291,43 @@ def avr_host_loop(step, feed: Dict[str, np.ndarray], alpha_bar: np.ndarray, step
 def run_graphs(spec: Dict, feeds: Dict[str, np.ndarray], result: Dict) -> None:
     """ONNX Runtime (backend "ort") or TensorRT engines (backend "trt") through the pipeline."""
     backend = spec["backend"]
-    from avqa_edge.errors import AvqaError
-    from avqa_edge.runtime.pipeline import Pipeline
-    from avqa_edge.runtime.runners import OrtRunner
     if backend == "ort":
         import onnxruntime
         result["versions"]["onnxruntime"] = onnxruntime.__version__
     result["memory"]["rss_after_imports_mb"] = rss_mb()
     if "torch" in sys.modules:
         result["notes"].append("torch was imported in this process: its memory is part of the figures")
+    pipe = _open_pipeline(spec, result)
+    if pipe is None:
+        return
+    step = _open_step_graph(spec)
+    result["memory"]["rss_after_load_mb"] = rss_mb()
+    if backend == "ort":
+        result["session_options"] = _session_options(pipe.runners["avr"])
+        result["session_options"]["config_entries"] = dict(spec.get("ort_config") or {})
+    with pipe:
+        result["components"] = _graph_components(pipe, spec, feeds)
+        e2e = {}
+        for mode in spec["modes"]:
+            def one(k, mode=mode):
+                frames, audio, tokens = e2e_inputs(feeds, mode, k)
+                ans = pipe.answer(frames, audio, tokens[0], method=METHOD)
+                return ans.index, {n: x for n, x in ans.timings_ms.items() if n != "total"}
+            e2e[mode] = measure_e2e(one, int(spec["clips"]), int(spec["warmup"]), int(spec["iters"]))
+            log(f"  {backend} end to end {mode:<13} p50 {e2e[mode]['p50']:8.3f} ms")
+        result["end_to_end"] = e2e
+        if step is not None:
+            with step:
+                result["avr_steps"] = _avr_step_calls(pipe, step, spec, feeds, result["components"]["avr"]["infer"])
+    result["memory"]["peak_rss_mb"] = peak_rss_mb()
 
-    threads, config = int(spec["threads"]), dict(spec.get("ort_config") or {})
+
+def _open_pipeline(spec: Dict, result: Dict):
+    """The runtime's Pipeline on the bundle's graphs or engines; None (and the reason in
+    `result`) where TensorRT engines are listed but cannot run here."""
+    from avqa_edge.errors import AvqaError
+    from avqa_edge.runtime.pipeline import Pipeline
+    backend, threads, config = spec["backend"], int(spec["threads"]), dict(spec.get("ort_config") or {})
     factory = None
     if backend == "ort" and config:
         def factory(comp, b):
@@ -299,7 +339,7 @@ def run_graphs(spec: Dict, feeds: Dict[str, np.ndarray], result: Dict) -> None:
         if backend == "trt":                 # engines listed but not runnable here: say why, no numbers
             result["available"] = False
             result["reason"] = f"not available: {e}"
-            return
+            return None
         raise
     result["available"] = True
     if backend == "trt":
@@ -308,55 +348,51 @@ def run_graphs(spec: Dict, feeds: Dict[str, np.ndarray], result: Dict) -> None:
             result["versions"]["tensorrt"] = tensorrt.__version__
         except ImportError:
             pass
+    return pipe
+
+
+def _open_step_graph(spec: Dict):
+    """The single-step denoiser graph (ONNX Runtime, FP32 only), or None."""
+    if spec["backend"] != "ort" or not spec.get("step_graph"):
+        return None
+    from avqa_edge.runtime.runners import OrtRunner
+    threads, config = int(spec["threads"]), dict(spec.get("ort_config") or {})
+    if config:
+        return ConfiguredOrtRunner(spec["step_graph"], config, threads=threads, name="denoiser_step")
+    return OrtRunner(spec["step_graph"], threads=threads, name="denoiser_step")
+
+
+def _graph_components(pipe, spec: Dict, feeds: Dict[str, np.ndarray]) -> Dict:
+    """Latency of each component's runner (and, for ONNX Runtime, of the bare run call)."""
+    backend = spec["backend"]
     k_in, warm, iters = int(spec["clips"]), int(spec["warmup"]), int(spec["iters"])
-    io = spec["io"]
-    step = None
-    if backend == "ort" and spec.get("step_graph"):
-        step = (ConfiguredOrtRunner(spec["step_graph"], config, threads=threads, name="denoiser_step") if config
-                else OrtRunner(spec["step_graph"], threads=threads, name="denoiser_step")).__enter__()
-    result["memory"]["rss_after_load_mb"] = rss_mb()
-    if backend == "ort":
-        result["session_options"] = _session_options(pipe.runners["avr"])
-        result["session_options"]["config_entries"] = config
+    comps = {}
+    for comp in spec["components"]:
+        runner, names = pipe.runners[comp], spec["io"][comp]["inputs"]
+        fs = [component_feed(feeds, comp, names, k) for k in range(k_in)]
+        comps[comp] = {"infer": stats(measure(lambda k, r=runner, fs=fs: r.infer(fs[k]), k_in, warm, iters))}
+        if backend == "ort":
+            sess = runner.session
+            comps[comp]["session_run"] = stats(measure(lambda k, s=sess, fs=fs: s.run(None, fs[k]), k_in, warm, iters))
+        log(f"  {backend} {comp:<11} p50 {comps[comp]['infer']['p50']:8.3f} ms")
+    return comps
 
-    with pipe:
-        comps = {}
-        for comp in spec["components"]:
-            runner, names = pipe.runners[comp], io[comp]["inputs"]
-            fs = [component_feed(feeds, comp, names, k) for k in range(k_in)]
-            comps[comp] = {"infer": stats(measure(lambda k, r=runner, fs=fs: r.infer(fs[k]), k_in, warm, iters))}
-            if backend == "ort":
-                sess = runner.session
-                comps[comp]["session_run"] = stats(measure(lambda k, s=sess, fs=fs: s.run(None, fs[k]), k_in, warm, iters))
-            log(f"  {backend} {comp:<11} p50 {comps[comp]['infer']['p50']:8.3f} ms")
-        result["components"] = comps
 
-        e2e = {}
-        for mode in spec["modes"]:
-            def one(k, mode=mode):
-                frames, audio, tokens = e2e_inputs(feeds, mode, k)
-                ans = pipe.answer(frames, audio, tokens[0], method=METHOD)
-                return ans.index, {n: x for n, x in ans.timings_ms.items() if n != "total"}
-            e2e[mode] = measure_e2e(one, k_in, warm, iters)
-            log(f"  {backend} end to end {mode:<13} p50 {e2e[mode]['p50']:8.3f} ms")
-        result["end_to_end"] = e2e
-
-        if step is not None:
-            names = io["avr"]["inputs"]
-            fs = [component_feed(feeds, "avr", names, k) for k in range(k_in)]
-            ab, ts, noise = feeds["avr.alpha_bar"], feeds["avr.t"], feeds["avr.noise"]
-            loop = stats(measure(lambda k: avr_host_loop(step, fs[k], ab, ts, noise), k_in, warm, iters))
-            diff = 0.0
-            for k in range(k_in):
-                want = pipe.runners["avr"].infer(fs[k])
-                got = avr_host_loop(step, fs[k], ab, ts, noise)
-                diff = max(diff, float(np.abs(got[0] - want["a_out"]).max()), float(np.abs(got[1] - want["v_out"]).max()))
-            result["avr_steps"] = {"unrolled": comps["avr"]["infer"], "step_calls": loop,
-                                   "steps": int(ab.shape[0] - 1), "max_abs_diff_vs_unrolled": diff}
-            log(f"  {backend} AVR as {ab.shape[0] - 1} step calls p50 {loop['p50']:8.3f} ms "
-                f"(unrolled {comps['avr']['infer']['p50']:.3f} ms, max abs diff {diff:.2e})")
-            step.__exit__(None, None, None)
-    result["memory"]["peak_rss_mb"] = peak_rss_mb()
+def _avr_step_calls(pipe, step, spec: Dict, feeds: Dict[str, np.ndarray], unrolled: Dict) -> Dict:
+    """The AVR reverse process as S single-step calls with the update on the host, against the
+    unrolled graph: latency and the largest output difference."""
+    k_in, warm, iters = int(spec["clips"]), int(spec["warmup"]), int(spec["iters"])
+    fs = [component_feed(feeds, "avr", spec["io"]["avr"]["inputs"], k) for k in range(k_in)]
+    ab, ts, noise = feeds["avr.alpha_bar"], feeds["avr.t"], feeds["avr.noise"]
+    loop = stats(measure(lambda k: avr_host_loop(step, fs[k], ab, ts, noise), k_in, warm, iters))
+    diff = 0.0
+    for k in range(k_in):
+        want = pipe.runners["avr"].infer(fs[k])
+        got = avr_host_loop(step, fs[k], ab, ts, noise)
+        diff = max(diff, float(np.abs(got[0] - want["a_out"]).max()), float(np.abs(got[1] - want["v_out"]).max()))
+    log(f"  {spec['backend']} AVR as {ab.shape[0] - 1} step calls p50 {loop['p50']:8.3f} ms "
+        f"(unrolled {unrolled['p50']:.3f} ms, max abs diff {diff:.2e})")
+    return {"unrolled": unrolled, "step_calls": loop, "steps": int(ab.shape[0] - 1), "max_abs_diff_vs_unrolled": diff}
 
 
 def main(argv: List[str]) -> int:
