@@ -31,6 +31,7 @@ the real segments per sensor, a confidence calibrated for its method and mode
     svc.stop()
 """
 import math
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -41,12 +42,13 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from avqa_edge.calibration.confidence import MODE_CASE
-from avqa_edge.errors import AvqaError
+from avqa_edge.errors import AvqaError, QuestionError
 
 from . import signal as sig
 from .clock import RealClock
 from .health import SENSORS, CameraChecker, HealthMonitor, HealthThresholds, MicChecker, Transition, dbfs
 from .inject import FaultSchedule, FaultySource, parse_faults
+from .redact import redact
 from .sensors import SensorLink, Sensors
 from .sources import DemoReel, camera_factory, mic_factory
 from .text import tokenize
@@ -57,6 +59,7 @@ SERVE_METHODS = ("auto", "rmm+avr", "prompt")
 PROMPT_FIX = "avqa-edge export RUN --out BUNDLE --prompt PROMPT_RUN"
 T = sig.T_SEGMENTS
 MAX_QUESTION_CHARS = 500
+_SURROGATE = re.compile("[\ud800-\udfff]")       # a lone surrogate: valid JSON escape, not a character
 # The demo reel's first clip starts one second after the segment grid's origin: the sensors
 # deliver within that second, so the window's first covered segment is the clip's first one and
 # every window ending on a multiple of T seconds after it shows one whole clip (until then the
@@ -213,7 +216,7 @@ class Service:
             self.window.invalidate(sensor, tr.onset)          # drop what arrived since the problem began
         if self.metrics is not None:
             self.metrics.transition(sensor, tr.new)
-        self.log(f"[{tr.t - self.t0:7.2f}s] {sensor}: {tr.old} -> {tr.new}" + (f" ({tr.reason})" if tr.reason else ""))
+        self.log(redact(f"[{tr.t - self.t0:7.2f}s] {sensor}: {tr.old} -> {tr.new}" + (f" ({tr.reason})" if tr.reason else "")))
 
     def _on_tick(self, now: float) -> None:
         if not self.data_started:
@@ -282,16 +285,22 @@ class Service:
 
     # -- answering ---------------------------------------------------------------------------------
     def check_question(self, question) -> np.ndarray:
-        """AvqaError for unusable questions; -> (1, L) token ids."""
+        """QuestionError for unusable questions (not a string, too long, control characters
+        or lone UTF-16 surrogates, no words, mostly unknown words); -> (1, L) token ids."""
         if not isinstance(question, str):
-            raise AvqaError("the question must be a string")
+            raise QuestionError("the question must be a string")
         if len(question) > self.cfg.max_question_chars:
-            raise AvqaError(f"the question has {len(question)} characters; at most {self.cfg.max_question_chars}")
+            raise QuestionError(f"the question has {len(question)} characters; at most {self.cfg.max_question_chars}")
         if any(ord(ch) < 32 and ch not in "\t\n\r" for ch in question):
-            raise AvqaError("the question contains control characters")
+            raise QuestionError("the question contains control characters")
+        if _SURROGATE.search(question):
+            raise QuestionError("the question contains a lone UTF-16 surrogate (e.g. \\ud800), not a character: "
+                                "send valid Unicode")
         if question.strip() and not tokenize(question):
-            raise AvqaError("the question has no words (only punctuation or symbols)")
-        return self.pipeline.tokens(question)
+            raise QuestionError("the question has no words (only punctuation or symbols)")
+        tokens = self.pipeline.tokens(question)
+        self.pipeline.vocab.check_known(question)
+        return tokens
 
     def _features(self, win: WindowData):
         key = (win.k_end, win.mask_a.tobytes(), win.mask_v.tobytes(), win.version)
@@ -321,7 +330,9 @@ class Service:
         for s in SENSORS:
             sensors[s]["real_segments"] = real[s]
         mode = decide_mode(real["mic"], real["camera"], win.covered, sensors["camera"]["state"], sensors["mic"]["state"])
-        body: Dict = {"question": question, "mode": mode, "sensors": sensors,
+        unknown = self.pipeline.vocab.unknown(question)
+        known = 1.0 - len(unknown) / max(1, len(tokenize(question)))      # the confidence is scaled by this
+        body: Dict = {"question": question, "unknown_words": unknown, "mode": mode, "sensors": sensors,
                       "segments": {"total": T, "covered": win.covered, "camera": masks_text(win.mask_v),
                                    "mic": masks_text(win.mask_a), "real": real},
                       "span": {"start": _iso(self.clock.wall(win.t_start)), "end": _iso(self.clock.wall(win.t_end)),
@@ -345,13 +356,17 @@ class Service:
                 ans = self.pipeline.answer_features(feats, tokens, method=method, top_k=k, case=case)
             conf, probs = self.confidence.confidence(ans.logits, mode, method)
             order = np.argsort(-probs, kind="stable")[:k]
-            body.update(answer=ans.answer, confidence=round(conf, 4),
+            note = self._note(mode, real, win.covered, method, case) + fallback
+            if unknown:
+                note += (f"; {len(unknown)} unknown word(s) read as <unk> ({', '.join(unknown)}): the confidence is "
+                         f"scaled by the known fraction ({known:.0%})")
+            body.update(answer=ans.answer, confidence=round(conf * known, 4),
                         top_k=[{"answer": self.pipeline.answers[int(i)], "probability": round(float(probs[i]), 4),
                                 "raw_probability": round(float(p), 4)}
                                for i, p in zip(order, _softmax(ans.logits)[order])],
                         calibration=self.confidence.describe(mode, method), timings_ms=ans.timings_ms,
                         graph=ans.graph,
-                        encode_cached=cached, message=self._note(mode, real, win.covered, method, case) + fallback)
+                        encode_cached=cached, message=note)
         latency = time.perf_counter() - t_req
         body["latency_ms"] = round(latency * 1e3, 2)
         self.answers += 1
