@@ -21,9 +21,12 @@ audio_pseudo -> `audio`; `prompt_oracle` told the case by the health state). A m
 set the bundle lacks falls back to rmm+avr for that answer, and says so. `auto` serves
 prompts where the bundle has usable prompt graphs.
 
-Each answer carries its mode, its method (and prompt set), each sensor's state and reason,
-the real segments per sensor, a confidence calibrated for its method and mode
-(calibration/confidence.py), latency and the time span it covers.
+Each answer carries its mode, its method (and prompt set), each sensor's state and reason
+(source descriptions and reasons never show a stream's password: runtime/redact.py), the
+real segments per sensor, the question's `unknown_words`, a confidence calibrated for its
+method and mode (calibration/confidence.py) and scaled by the fraction of known words,
+latency and the time span it covers. A question with more than half its words unknown is
+refused (runtime/text.py).
 
     svc = build_service("bundles/edge", ServeConfig(camera="demo", mic="demo", inject="camera:off@15s"))
     svc.start(); svc.wait_ready(30)
@@ -294,7 +297,7 @@ class Service:
         if any(ord(ch) < 32 and ch not in "\t\n\r" for ch in question):
             raise QuestionError("the question contains control characters")
         if _SURROGATE.search(question):
-            raise QuestionError("the question contains a lone UTF-16 surrogate (e.g. \\ud800), not a character: "
+            raise QuestionError("the question contains a lone UTF-16 surrogate (U+D800 to U+DFFF), not a character: "
                                 "send valid Unicode")
         if question.strip() and not tokenize(question):
             raise QuestionError("the question has no words (only punctuation or symbols)")
