@@ -31,7 +31,6 @@ import ipaddress
 import json
 import logging
 import math
-import re
 import signal
 import socket
 import threading
@@ -45,13 +44,13 @@ import numpy as np
 from avqa_edge.errors import AvqaError, ConfigError
 
 from .service import NotReady, Service
+from .text import LONE_SURROGATE
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
 MAX_BODY_BYTES = 16 * 1024
 OPEN_PATHS = ("/", "/livez", "/favicon.ico")
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 log = logging.getLogger("avqa_edge.server")
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 # ---- responses: one JSON encoder --------------------------------------------------------------
@@ -60,7 +59,7 @@ def _plain(obj):
     """A response body -> plain JSON values: lone surrogates -> U+FFFD, NaN/Inf -> null,
     numpy scalars and arrays -> Python numbers and lists, other objects -> their str."""
     if isinstance(obj, str):
-        return obj if obj.isascii() else _SURROGATE.sub("\ufffd", obj)
+        return obj if obj.isascii() else LONE_SURROGATE.sub("\ufffd", obj)
     if isinstance(obj, dict):
         return {_plain(str(k)): _plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -103,11 +102,12 @@ class RejectLog:
         self._logged = 0
         self.suppressed = 0
 
-    def __call__(self, reason: str, status: int, method: str, path: str, message: str) -> None:
+    def __call__(self, reason: str, status: int, method: str, path: str, message: str, exc_info=None) -> None:
+        """One rejected request; `exc_info` only for the server's own errors (500)."""
         if self.metrics is not None:
             self.metrics.reject(reason)
         line = f"rejected {method} {path[:80]} -> {status} ({reason}): {message[:200]}"
-        self.line(ascii(line)[1:-1])                       # control characters and surrogates escaped
+        self.line(ascii(line)[1:-1], exc_info)             # control characters and surrogates escaped
 
     def line(self, text: str, exc_info=None) -> bool:
         """Log `text` unless over the rate; -> whether it was logged."""
@@ -203,8 +203,9 @@ class GuardMiddleware:
                 return                                  # answered (and logged) already: keep the connection
             if state["started"]:
                 raise                                   # half a response: uvicorn must close the connection
-            self.reject.line(f"unexpected error on {scope.get('path', '')}: {type(e).__name__}", exc_info=e)
-            await _json_response(500, {"error": f"internal error ({type(e).__name__})"})(scope, receive, tracked_send)
+            message = f"internal error ({type(e).__name__})"
+            self.reject("error", 500, scope.get("method", ""), scope.get("path", ""), message, exc_info=e)
+            await _json_response(500, {"error": message})(scope, receive, tracked_send)
 
     async def _refuse(self, scope, receive, send, status: int, reason: str, message: str, headers=None):
         self.reject(reason, status, scope.get("method", ""), scope.get("path", ""), message)
@@ -326,10 +327,9 @@ def create_app(service: Service, token: Optional[str] = None, max_body: int = MA
 
     @app.exception_handler(Exception)
     async def _unexpected(request, exc):                    # never a traceback to the client
-        if metrics is not None:
-            metrics.reject("error")
-        reject.line(f"unexpected error on {request.method} {request.url.path}: {type(exc).__name__}", exc_info=exc)
-        return _json_response(500, {"error": f"internal error ({type(exc).__name__})"})
+        message = f"internal error ({type(exc).__name__})"
+        reject("error", 500, request.method, request.url.path, message, exc_info=exc)
+        return _json_response(500, {"error": message})
 
     @app.get("/", include_in_schema=False)
     async def index():
@@ -403,10 +403,10 @@ def bind_socket(host: str, port: int) -> socket.socket:
     not: a name that does not resolve, an address this machine does not have, a port in
     use, a privileged port."""
     try:
-        family, kind, proto, _, addr = socket.getaddrinfo(_bare(host) or None, port, type=socket.SOCK_STREAM,
-                                                          flags=socket.AI_PASSIVE)[0]
+        infos = socket.getaddrinfo(_bare(host) or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as e:
         raise ConfigError(f"--host {host}: cannot resolve this name ({e.strerror})") from None
+    family, kind, proto, _, addr = min(infos, key=lambda i: i[0] != socket.AF_INET)    # IPv4 first ("localhost")
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -422,7 +422,6 @@ def bind_socket(host: str, port: int) -> socket.socket:
         else:
             why = e.strerror or str(e)
         raise ConfigError(f"cannot serve on {host}:{port}: {why}") from None
-    sock.set_inheritable(True)
     return sock
 
 

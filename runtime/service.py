@@ -34,7 +34,6 @@ refused (runtime/text.py).
     svc.stop()
 """
 import math
-import re
 import threading
 import time
 from dataclasses import dataclass
@@ -54,7 +53,7 @@ from .inject import FaultSchedule, FaultySource, parse_faults
 from .redact import redact
 from .sensors import SensorLink, Sensors
 from .sources import DemoReel, camera_factory, mic_factory
-from .text import tokenize
+from .text import LONE_SURROGATE, tokenize
 from .window import Window, WindowData, masks_text
 
 MODES = ("complete", "audio_pseudo", "visual_pseudo", "none")
@@ -62,7 +61,6 @@ SERVE_METHODS = ("auto", "rmm+avr", "prompt")
 PROMPT_FIX = "avqa-edge export RUN --out BUNDLE --prompt PROMPT_RUN"
 T = sig.T_SEGMENTS
 MAX_QUESTION_CHARS = 500
-_SURROGATE = re.compile("[\ud800-\udfff]")       # a lone surrogate: valid JSON escape, not a character
 # The demo reel's first clip starts one second after the segment grid's origin: the sensors
 # deliver within that second, so the window's first covered segment is the clip's first one and
 # every window ending on a multiple of T seconds after it shows one whole clip (until then the
@@ -296,7 +294,7 @@ class Service:
             raise QuestionError(f"the question has {len(question)} characters; at most {self.cfg.max_question_chars}")
         if any(ord(ch) < 32 and ch not in "\t\n\r" for ch in question):
             raise QuestionError("the question contains control characters")
-        if _SURROGATE.search(question):
+        if LONE_SURROGATE.search(question):
             raise QuestionError("the question contains a lone UTF-16 surrogate (U+D800 to U+DFFF), not a character: "
                                 "send valid Unicode")
         if question.strip() and not tokenize(question):

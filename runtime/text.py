@@ -16,6 +16,7 @@ MAX_QUESTION_TOKENS = 14   # MUSIC-AVQA questions are at most 14 tokens
 MAX_UNKNOWN_FRACTION = 0.5  # more of a question's words unknown than this: refused
 
 _TOKEN_RE = re.compile(r"[a-z0-9_]+")
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")   # valid as a JSON escape ("\\ud800"), not a character
 
 
 def tokenize(question: str) -> List[str]:
