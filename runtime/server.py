@@ -153,6 +153,14 @@ def host_of(header: str) -> str:
     return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
 
 
+def _origin_host(origin: str) -> Optional[str]:
+    """An Origin header ("http://name:port", "null") -> its host name, None if it has none."""
+    try:
+        return urlsplit(origin).hostname
+    except ValueError:                                      # e.g. "http://[::1"
+        return None
+
+
 class HostPolicy:
     """Which names the Host header may carry: loopback names and addresses, the bound host
     and `extra` names; "*" in `extra` (or a wildcard bind without extra names) allows any."""
@@ -220,8 +228,7 @@ class GuardMiddleware:
                                 f"Host header {host!r} is not allowed (allowed: {self.hosts.describe()}); "
                                 "serve with --allow-host NAME to add a name")
         origin = headers.get("origin")
-        if origin is not None and scope.get("method") not in ("GET", "HEAD") and \
-                not self.hosts.allows(urlsplit(origin).hostname if origin != "null" else None):
+        if origin is not None and scope.get("method") not in ("GET", "HEAD") and not self.hosts.allows(_origin_host(origin)):
             return await refuse(scope, receive, send, 403, "bad_origin", f"cross-origin request from {origin!r} refused")
         if self.token and scope.get("path") not in OPEN_PATHS:
             auth = headers.get("authorization", "")

@@ -126,11 +126,13 @@ def test_guard_checks_host_origin_and_content_type_before_any_handler():
     code, body = _asgi_call(guard, "POST", "/ask", {"Host": "127.0.0.1:8000", "Origin": "http://attacker.example",
                                                     **js}, b"{}")
     assert code == 403 and "cross-origin" in body["error"]
+    for origin in ("null", "http://[::1", "not a url"):
+        assert _asgi_call(guard, "POST", "/ask", {"Host": "127.0.0.1:8000", "Origin": origin, **js}, b"{}")[0] == 403
     assert _asgi_call(guard, "POST", "/ask", {"Host": "127.0.0.1:8000", "Origin": "http://127.0.0.1:8000",
                                               "Content-Type": "application/json; charset=utf-8"}, b"{}")[0] == 200
     assert reached == ["/preview.jpg", "/ask"]
     assert rejects == [(403, "bad_host"), (403, "bad_host"), (415, "unsupported_media_type"),
-                       (415, "unsupported_media_type"), (403, "bad_origin")]          # one log line each
+                       (415, "unsupported_media_type")] + [(403, "bad_origin")] * 4      # one log line each
 
 
 def test_guard_keeps_the_connection_after_an_error_behind_a_complete_response():
