@@ -15,7 +15,10 @@ the bundle's calibration set, or by `avqa-edge calibrate` on the real device):
             clipping   fraction of samples at |x| >= 0.99 above `clip_frac`
             noise      loud broadband noise: spectral flatness >= `noise_flatness` and level
                        >= `noise_level`
-            frozen     a chunk identical to the previous one (a stuck driver buffer)
+            frozen     a chunk bit-identical to the previous one that carries a noise floor
+                       (a stuck driver buffer; see `digital_residual`: a clean digital
+                       periodic signal, e.g. a tone file whose period divides the chunk,
+                       repeats exactly too and is not frozen)
             overflow   the device's overflow flag: a warning (degraded), never a failure
     both    open / read errors, and no data for `stall_s` seconds (stalls, hung reads)
 
@@ -46,6 +49,8 @@ STATES = ("ok", "degraded", "failed")
 SENSORS = ("camera", "mic")
 CLIP_LEVEL = 0.99              # |x| at or above this counts as a clipped sample
 SATURATED_VALUE = 250          # a pixel at or above this in every channel is saturated
+DIGITAL_FLOOR = 1e-4           # residual RMS (-80 dBFS) below which a chunk is a clean digital signal
+DIGITAL_COMPONENTS = 16        # strongest DFT components a clean periodic signal may use
 
 
 # ---- thresholds ------------------------------------------------------------------------------
@@ -148,6 +153,19 @@ def chunk_stats(x: np.ndarray) -> Dict[str, float]:
     return {"level": level, "dc": dc, "clip": float((np.abs(x) >= CLIP_LEVEL).mean()), "flatness": flat}
 
 
+def digital_residual(x: np.ndarray, components: int = DIGITAL_COMPONENTS) -> float:
+    """RMS (full scale 1) of a chunk (n,) without its `components` strongest DFT bins.
+
+    A chunk that repeats bit-exactly holds a signal whose period divides the chunk, so
+    without a window its energy sits in exact DFT bins: a digitally made tone, chord or
+    square wave leaves only rounding here (about -100 dBFS for 16-bit audio), while
+    anything a microphone captured leaves its noise floor (above DIGITAL_FLOOR)."""
+    x = np.asarray(x, dtype=np.float64)
+    power = np.abs(np.fft.rfft(x)) ** 2                                  # (n // 2 + 1,)
+    rest = np.sort(power)[:-components] if len(power) > components else power[:0]
+    return float(np.sqrt(2.0 * rest.sum()) / len(x))
+
+
 def dbfs(level: float) -> float:
     return float(20 * np.log10(max(level, 1e-9)))
 
@@ -229,8 +247,9 @@ class MicChecker:
         if s["flatness"] >= th.noise_flatness and s["level"] >= th.noise_level:
             return Verdict("noise", f"loud broadband noise ({dbfs(s['level']):.0f} dBFS, flatness {s['flatness']:.2f})",
                            True, warn), x
-        if prev is not None and len(prev) == len(x) and np.array_equal(prev, x):
-            return Verdict("frozen", "frozen: the same audio buffer repeated", False, warn), x
+        if (prev is not None and len(prev) == len(x) and np.array_equal(prev, x)
+                and digital_residual(x) >= DIGITAL_FLOOR):                # a periodic signal repeats exactly too
+            return Verdict("frozen", "frozen: the same audio buffer repeated (a stuck driver)", False, warn), x
         return Verdict(warn=warn), x
 
 

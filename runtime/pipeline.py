@@ -70,11 +70,13 @@ class Answer:
     segments: Dict[str, int]           # real segments per sensor, and T
     timings_ms: Dict[str, float]
     graph: str = "backbone"            # the graph that answered: backbone, video_expert or a prompt graph
+    unknown_words: List[str] = field(default_factory=list)   # question words the vocabulary lacks (read as <unk>)
 
     def to_dict(self) -> Dict:
         return {"answer": self.answer, "index": self.index, "probability": self.probability,
                 "top_k": [[a, p] for a, p in self.top_k], "method": self.method, "graph": self.graph,
-                "segments": dict(self.segments), "timings_ms": dict(self.timings_ms)}
+                "segments": dict(self.segments), "timings_ms": dict(self.timings_ms),
+                "unknown_words": list(self.unknown_words)}
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -306,7 +308,8 @@ class Pipeline:
                       top_k=[(self.answers[int(i)], float(probs[i])) for i in order], logits=logits,
                       method=method, segments={"audio": int(feats.mask_a.sum()), "visual": int(feats.mask_v.sum()),
                                                "total": self.t},
-                      timings_ms={k: round(x, 3) for k, x in timings.items()}, graph=net)
+                      timings_ms={k: round(x, 3) for k, x in timings.items()}, graph=net,
+                      unknown_words=self.vocab.unknown(question) if isinstance(question, str) else [])
 
     def answer(self, frames=None, audio=None, question: Question = "", mask_a=None, mask_v=None,
                method: str = "rmm+avr", top_k: int = 3, case: Optional[str] = None) -> Answer:

@@ -16,6 +16,7 @@ import threading
 from typing import Callable, Dict, List, Optional
 
 from .health import HealthMonitor
+from .redact import redact
 from .sources import Source, SourceError, SourceFactory
 from .window import Window
 
@@ -37,7 +38,7 @@ class SensorLink:
         self.open_attempts = 0
         self.abandoned = 0              # hung reads given up on
         self.lock = threading.Lock()
-        self.description = "not configured" if factory is None else factory().description
+        self.description = "not configured" if factory is None else redact(factory().description)
 
     @property
     def reconnects(self) -> int:
@@ -84,7 +85,7 @@ class SensorLink:
             _close_quietly(src)
             self.source = None
             wait = self._backoff(now)
-            self.monitor.error(now, f"{error} (reopening in {wait:.2f} s)")
+            self.monitor.error(now, redact(f"{error} (reopening in {wait:.2f} s)"))
             return True
         verdict, data = self.checker.check(item)
         state = self.monitor.observe(item.t, verdict)
@@ -115,7 +116,7 @@ class SensorLink:
         if error is not None:
             _close_quietly(src)
             wait = self._backoff(now)
-            self.monitor.error(now, f"open failed: {error} (retrying in {wait:.2f} s)")
+            self.monitor.error(now, redact(f"open failed: {error} (retrying in {wait:.2f} s)"))
             return True
         with self.lock:
             if gen != self.generation:

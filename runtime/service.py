@@ -21,9 +21,12 @@ audio_pseudo -> `audio`; `prompt_oracle` told the case by the health state). A m
 set the bundle lacks falls back to rmm+avr for that answer, and says so. `auto` serves
 prompts where the bundle has usable prompt graphs.
 
-Each answer carries its mode, its method (and prompt set), each sensor's state and reason,
-the real segments per sensor, a confidence calibrated for its method and mode
-(calibration/confidence.py), latency and the time span it covers.
+Each answer carries its mode, its method (and prompt set), each sensor's state and reason
+(source descriptions and reasons never show a stream's password: runtime/redact.py), the
+real segments per sensor, the question's `unknown_words`, a confidence calibrated for its
+method and mode (calibration/confidence.py) and scaled by the fraction of known words,
+latency and the time span it covers. A question with more than half its words unknown is
+refused (runtime/text.py).
 
     svc = build_service("bundles/edge", ServeConfig(camera="demo", mic="demo", inject="camera:off@15s"))
     svc.start(); svc.wait_ready(30)
@@ -41,15 +44,16 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from avqa_edge.calibration.confidence import MODE_CASE
-from avqa_edge.errors import AvqaError
+from avqa_edge.errors import AvqaError, QuestionError
 
 from . import signal as sig
 from .clock import RealClock
 from .health import SENSORS, CameraChecker, HealthMonitor, HealthThresholds, MicChecker, Transition, dbfs
 from .inject import FaultSchedule, FaultySource, parse_faults
+from .redact import redact
 from .sensors import SensorLink, Sensors
 from .sources import DemoReel, camera_factory, mic_factory
-from .text import tokenize
+from .text import LONE_SURROGATE, tokenize
 from .window import Window, WindowData, masks_text
 
 MODES = ("complete", "audio_pseudo", "visual_pseudo", "none")
@@ -213,7 +217,7 @@ class Service:
             self.window.invalidate(sensor, tr.onset)          # drop what arrived since the problem began
         if self.metrics is not None:
             self.metrics.transition(sensor, tr.new)
-        self.log(f"[{tr.t - self.t0:7.2f}s] {sensor}: {tr.old} -> {tr.new}" + (f" ({tr.reason})" if tr.reason else ""))
+        self.log(redact(f"[{tr.t - self.t0:7.2f}s] {sensor}: {tr.old} -> {tr.new}" + (f" ({tr.reason})" if tr.reason else "")))
 
     def _on_tick(self, now: float) -> None:
         if not self.data_started:
@@ -282,16 +286,22 @@ class Service:
 
     # -- answering ---------------------------------------------------------------------------------
     def check_question(self, question) -> np.ndarray:
-        """AvqaError for unusable questions; -> (1, L) token ids."""
+        """QuestionError for unusable questions (not a string, too long, control characters
+        or lone UTF-16 surrogates, no words, mostly unknown words); -> (1, L) token ids."""
         if not isinstance(question, str):
-            raise AvqaError("the question must be a string")
+            raise QuestionError("the question must be a string")
         if len(question) > self.cfg.max_question_chars:
-            raise AvqaError(f"the question has {len(question)} characters; at most {self.cfg.max_question_chars}")
+            raise QuestionError(f"the question has {len(question)} characters; at most {self.cfg.max_question_chars}")
         if any(ord(ch) < 32 and ch not in "\t\n\r" for ch in question):
-            raise AvqaError("the question contains control characters")
+            raise QuestionError("the question contains control characters")
+        if LONE_SURROGATE.search(question):
+            raise QuestionError("the question contains a lone UTF-16 surrogate (U+D800 to U+DFFF), not a character: "
+                                "send valid Unicode")
         if question.strip() and not tokenize(question):
-            raise AvqaError("the question has no words (only punctuation or symbols)")
-        return self.pipeline.tokens(question)
+            raise QuestionError("the question has no words (only punctuation or symbols)")
+        tokens = self.pipeline.tokens(question)
+        self.pipeline.vocab.check_known(question)
+        return tokens
 
     def _features(self, win: WindowData):
         key = (win.k_end, win.mask_a.tobytes(), win.mask_v.tobytes(), win.version)
@@ -321,7 +331,9 @@ class Service:
         for s in SENSORS:
             sensors[s]["real_segments"] = real[s]
         mode = decide_mode(real["mic"], real["camera"], win.covered, sensors["camera"]["state"], sensors["mic"]["state"])
-        body: Dict = {"question": question, "mode": mode, "sensors": sensors,
+        unknown = self.pipeline.vocab.unknown(question)
+        known = 1.0 - len(unknown) / max(1, len(tokenize(question)))      # the confidence is scaled by this
+        body: Dict = {"question": question, "unknown_words": unknown, "mode": mode, "sensors": sensors,
                       "segments": {"total": T, "covered": win.covered, "camera": masks_text(win.mask_v),
                                    "mic": masks_text(win.mask_a), "real": real},
                       "span": {"start": _iso(self.clock.wall(win.t_start)), "end": _iso(self.clock.wall(win.t_end)),
@@ -345,13 +357,17 @@ class Service:
                 ans = self.pipeline.answer_features(feats, tokens, method=method, top_k=k, case=case)
             conf, probs = self.confidence.confidence(ans.logits, mode, method)
             order = np.argsort(-probs, kind="stable")[:k]
-            body.update(answer=ans.answer, confidence=round(conf, 4),
+            note = self._note(mode, real, win.covered, method, case) + fallback
+            if unknown:
+                note += (f"; {len(unknown)} unknown word(s) read as <unk> ({', '.join(unknown)}): the confidence is "
+                         f"scaled by the known fraction ({known:.0%})")
+            body.update(answer=ans.answer, confidence=round(conf * known, 4),
                         top_k=[{"answer": self.pipeline.answers[int(i)], "probability": round(float(probs[i]), 4),
                                 "raw_probability": round(float(p), 4)}
                                for i, p in zip(order, _softmax(ans.logits)[order])],
                         calibration=self.confidence.describe(mode, method), timings_ms=ans.timings_ms,
                         graph=ans.graph,
-                        encode_cached=cached, message=self._note(mode, real, win.covered, method, case) + fallback)
+                        encode_cached=cached, message=note)
         latency = time.perf_counter() - t_req
         body["latency_ms"] = round(latency * 1e3, 2)
         self.answers += 1

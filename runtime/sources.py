@@ -26,6 +26,7 @@ import numpy as np
 from avqa_edge.errors import AvqaError
 
 from . import signal as sig
+from .redact import redact
 
 CHUNK_SECONDS = 0.1                                  # audio is read in 100 ms chunks
 CHUNK_SAMPLES = int(round(sig.SAMPLE_RATE * CHUNK_SECONDS))
@@ -182,7 +183,8 @@ class OpenCVCamera(Source):
         self.is_index = spec.isdigit()
         self.is_url = spec.lower().startswith(URL_PREFIXES)
         self.is_file = not self.is_index and not self.is_url
-        self.description = f"camera {spec}" if self.is_index else (f"stream {spec}" if self.is_url else f"video file {spec}")
+        shown = redact(spec)                                        # never a stream's password
+        self.description = f"camera {spec}" if self.is_index else (f"stream {shown}" if self.is_url else f"video file {shown}")
         self.min_interval = 1.0 / max_fps
         self.open_timeout_s, self.read_timeout_s = open_timeout_s, read_timeout_s
         self.loop = loop
@@ -533,7 +535,7 @@ def camera_factory(spec: str, clock, reel: Optional[DemoReel] = None, max_fps: f
             raise AvqaError("--camera demo needs the bundle's calibration clips")
         return lambda: DemoCamera(reel, clock)
     if not (spec.isdigit() or spec.lower().startswith(URL_PREFIXES) or os.path.isfile(spec)):
-        raise AvqaError(f"--camera {spec!r}: not a device index, a stream URL (rtsp://...), an existing video file, "
+        raise AvqaError(f"--camera {redact(spec)!r}: not a device index, a stream URL (rtsp://...), an existing video file, "
                         "'demo' or 'none'")
     _cv2()                                                             # fail now, clearly, without OpenCV
     return lambda: OpenCVCamera(spec, clock, max_fps=max_fps)

@@ -15,9 +15,12 @@ from avqa_edge.errors import AvqaError
 from avqa_edge.runtime import faultbench as FB
 from avqa_edge.runtime import signal as sig
 from avqa_edge.runtime.clock import SimClock
-from avqa_edge.runtime.health import (CameraChecker, HealthMonitor, HealthThresholds, MicChecker, Timing, Verdict)
+from avqa_edge.runtime.health import (DIGITAL_FLOOR, CameraChecker, HealthMonitor, HealthThresholds, MicChecker, Timing,
+                                      Verdict, digital_residual)
 from avqa_edge.runtime.inject import KINDS, parse_faults
-from avqa_edge.runtime.sources import AudioChunk, DemoCamera, DemoMic, DemoReel, Frame, Resampler, resample
+from avqa_edge.runtime.sensors import SensorLink, run_simulated
+from avqa_edge.runtime.sources import (AudioChunk, DemoCamera, DemoMic, DemoReel, FileMic, Frame, Resampler, Source,
+                                       resample)
 from avqa_edge.runtime.window import Window
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,6 +107,72 @@ def test_each_fault_signature_is_flagged(clips, fitted):
     assert mc.check(AudioChunk(0.0, x))[0].ok and mc.check(AudioChunk(0.1, x.copy()))[0].code == "frozen"
     v, _ = MicChecker(fitted.mic).check(AudioChunk(0.0, x, overflow=True))
     assert v.ok and v.warn and "overflow" in v.warn
+
+
+# ---- frozen audio: a stuck driver, not a periodic signal -------------------------------------
+
+def _mic_link(source_factory, th, clock):
+    monitor = HealthMonitor("mic", th.timing, th.mic.stall_s, clock, what="audio")
+    return SensorLink("mic", source_factory, MicChecker(th.mic), monitor, Window(0.0), clock)
+
+
+class _StuckDriver(Source):
+    """A microphone driver that delivers real chunks, then from `stuck_at` s on returns its
+    last buffer again and again (bit-identical), on time."""
+
+    sensor, description = "mic", "stuck microphone"
+
+    def __init__(self, wave: np.ndarray, clock, stuck_at: float):
+        super().__init__(clock)
+        self.wave, self.stuck_at, self.j, self.last = wave, stuck_at, 0, None
+
+    def open(self) -> None:
+        pass
+
+    def next_due(self) -> float:
+        return (self.j + 1) * 0.1
+
+    def read(self) -> AudioChunk:
+        self.clock.sleep_until(self.next_due())
+        if self.last is None or self.j * 0.1 < self.stuck_at:
+            n0 = (self.j * 800) % (len(self.wave) - 800)
+            self.last = self.wave[n0:n0 + 800].copy()
+        self.j += 1
+        return AudioChunk((self.j - 1) * 0.1, self.last)
+
+
+@pytest.mark.parametrize("rate,channels", [(44100, 2), (8000, 1), (96000, 6)])
+def test_a_clean_tone_file_is_not_frozen(tmp_path, fitted, rate, channels):
+    """A 440 Hz tone repeats bit-exactly every 100 ms chunk (44 periods); the old rule
+    (any repeated buffer) declared the mic failed. Served from a WAV for 6 s: ok throughout."""
+    sf = pytest.importorskip("soundfile", reason="needs soundfile")
+    t = np.arange(2 * rate) / rate
+    wave = np.repeat((0.5 * np.sin(2 * np.pi * 440 * t))[:, None], channels, axis=1)
+    path = tmp_path / f"tone_{rate}_{channels}.wav"
+    sf.write(str(path), wave.astype(np.float32), rate, subtype="PCM_16")
+    clock = SimClock()
+    link = _mic_link(lambda: FileMic(str(path), clock), fitted, clock)
+    run_simulated([link], clock, 6.0)
+    assert link.monitor.items >= 55 and link.monitor.bad_items == 0, link.monitor.reason
+    assert link.monitor.state == "ok" and [tr.new for tr in link.monitor.transitions] == ["ok"]
+    mic = FileMic(str(path), SimClock())
+    mic.open()
+    a, b, c = (mic.read().samples for _ in range(3))
+    assert np.array_equal(b, c) and digital_residual(b) < DIGITAL_FLOOR / 10      # repeats exactly, is clean
+
+
+def test_a_stuck_driver_is_still_frozen(clips, fitted):
+    """A driver that returns the identical buffer (captured sound, with its noise floor)
+    is failed as frozen within the usual detection time."""
+    wave = sig.pcm16_to_float(clips[1][0])
+    assert digital_residual(wave[:800]) > 10 * DIGITAL_FLOOR
+    clock = SimClock()
+    link = _mic_link(lambda: _StuckDriver(wave, clock, stuck_at=2.0), fitted, clock)
+    run_simulated([link], clock, 4.0)
+    m = link.monitor
+    assert m.state == "failed" and "frozen" in m.reason and "stuck driver" in m.reason, m.reason
+    failed = [tr for tr in m.transitions if tr.new == "failed"]
+    assert len(failed) == 1 and 2.0 <= failed[0].t <= 3.0, failed
 
 
 # ---- the state machine ----------------------------------------------------------------------

@@ -47,7 +47,9 @@ NO_TORCH = (
 )
 FAIL_AT = 12          # s after the start: the injected failures (late enough for a slow, loaded start)
 ANSWER_KEYS = {"question", "answer", "confidence", "top_k", "mode", "method", "sensors", "segments", "span", "latency_ms",
-               "message"}
+               "message", "unknown_words"}
+SECRETS = ("s3cr3tpw", "t0k3nv")
+CAMERA_URL = "rtsp://admin:s3cr3tpw@127.0.0.1:9/stream?channel=1&token=t0k3nv"     # nothing listens on port 9
 
 
 @pytest.fixture(scope="module")
@@ -318,6 +320,10 @@ def test_bad_inputs_get_clear_4xx(servers, question):
         (json.dumps({"question": "is\x00the"}).encode(), 422, "control characters"),
         (json.dumps({"question": "?!? ..."}).encode(), 422, "no words"),
         (b"[" * 5000 + b"]" * 5000, 400, "not valid JSON"),
+        (b'{"question": "How many \\ud800 are sounding?"}', 422, "lone UTF-16 surrogate"),
+        (json.dumps({"question": "How many zzqx blorfle wibble frobnicate?"}).encode(), 422,
+         "4 of the question's 6 words are unknown"),
+        (b'{"question": "?", "\\udc80": 1}', 422, "unknown fields: \ufffd"),
     ]
     for body, status, msg in cases:
         code, resp = a.request("POST", "/ask", body, {"Content-Type": "application/json"})
@@ -325,6 +331,7 @@ def test_bad_inputs_get_clear_4xx(servers, question):
     # a chunked body over the limit (no Content-Length)
     conn = http.client.HTTPConnection("127.0.0.1", a.port, timeout=30)
     conn.putrequest("POST", "/ask")
+    conn.putheader("Content-Type", "application/json")
     conn.putheader("Transfer-Encoding", "chunked")
     conn.endheaders()
     for _ in range(10):
@@ -365,6 +372,144 @@ def test_web_page_and_preview(servers, tmp_path):
     shot = tmp_path / "page.png"
     subprocess.run(flags + ["--window-size=900,620", f"--screenshot={shot}", url], capture_output=True, timeout=90)
     assert shot.is_file() and shot.stat().st_size > 5000
+
+
+# ---- hostile clients and secrets ---------------------------------------------------------------
+
+def test_host_allow_list_and_json_only_ask(servers, question):
+    """DNS rebinding: a page on attacker.example that resolves to 127.0.0.1 sends
+    `Host: attacker.example`; the token-less loopback server must not hand it the camera
+    frame or answer it. A cross-origin `text/plain` POST (no CORS preflight) is refused."""
+    a, _ = servers
+    _wait_ready(a)
+    evil = {"Host": f"attacker.example:{a.port}"}
+    for method, path, body in (("GET", "/preview.jpg", None), ("GET", "/status", None),
+                               ("POST", "/ask", json.dumps({"question": question}).encode())):
+        code, resp = a.request(method, path, body, dict(evil, **{"Content-Type": "application/json"}))
+        assert code == 403 and "Host header 'attacker.example" in resp["error"], (path, code, resp)
+    for host in (f"localhost:{a.port}", f"127.0.0.1:{a.port}", f"[::1]:{a.port}"):
+        code, jpg = a.request("GET", "/preview.jpg", headers={"Host": host})
+        assert code == 200 and jpg[:2] == b"\xff\xd8", host
+    code, resp = a.request("POST", "/ask", json.dumps({"question": question}).encode(), {"Content-Type": "text/plain"})
+    assert code == 415 and "application/json" in resp["error"]
+    code, resp = a.request("POST", "/ask", json.dumps({"question": question}).encode(),
+                           {"Content-Type": "application/json", "Origin": "http://attacker.example"})
+    assert code == 403 and "cross-origin" in resp["error"]
+    code, body = a.ask(question)
+    assert code == 200 and _valid_answer(body) and body["unknown_words"] == []
+
+
+@pytest.fixture(scope="module")
+def guarded(bundle, tmp_path_factory):
+    """C: a camera URL with a password and a token (nothing answers there: the camera
+    fails, the demo microphone serves), no token."""
+    tmp = tmp_path_factory.mktemp("guarded")
+    c = Server([bundle, "--camera", CAMERA_URL, "--mic", "demo", "--warmup", "2", "--threads", "1", "--duration", "150"],
+               tmp, "c")
+    try:
+        yield c.wait_listening()
+    finally:
+        log = c.stop()
+        print(f"\n--- server c log ---\n{log}")
+        assert "imported-training-code: []" in log and "Traceback" not in log, log
+
+
+def _storm(port: int, question: str, clients: int = 50, per_client: int = 10, every: int = 5):
+    """`clients` threads, each on one keep-alive connection (http.client), `per_client`
+    requests; every `every`-th body holds a lone surrogate. -> (codes of good requests,
+    codes of bad ones, errors of good requests (resets), errors of bad ones)."""
+    import threading
+    good = json.dumps({"question": question}).encode()
+    bad = b'{"question": "How many \\ud800 are sounding?"}'
+    out = {"good": [], "bad": [], "good_err": [], "bad_err": []}
+    lock = threading.Lock()
+
+    def client(k: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        for i in range(per_client):
+            kind = "bad" if (k * per_client + i) % every == every - 1 else "good"
+            try:
+                conn.request("POST", "/ask", body=bad if kind == "bad" else good,
+                             headers={"Content-Type": "application/json"})
+                r = conn.getresponse()
+                body = json.loads(r.read())
+                result = r.status if kind == "bad" or _valid_answer(body) else f"invalid {body}"
+                key = kind
+            except (OSError, http.client.HTTPException) as e:       # a reset, a closed keep-alive connection
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+                result, key = f"{type(e).__name__}: {e}", f"{kind}_err"
+            with lock:
+                out[key].append(result)
+        conn.close()
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert not any(t.is_alive() for t in threads), "storm clients did not finish in 300 s"
+    return out
+
+
+def test_surrogate_storm_no_500_no_reset(guarded, question):
+    """50 concurrent keep-alive clients, every 5th body with a lone surrogate: every bad
+    request gets a 422, every good one a 200 on the same connection (no 500, no reset), and
+    the log grows by rate-limited one-liners, not tracebacks."""
+    c = guarded
+    _wait_ready(c)
+    log_before = len(c.err_path.read_text())
+    t0 = time.monotonic()
+    out = _storm(c.port, question)
+    took = time.monotonic() - t0
+    log = c.err_path.read_text()[log_before:]
+    codes = {k: {str(x): v.count(x) for x in set(v)} for k, v in out.items()}
+    print(f"\nsurrogate storm (50 clients x 10, loopback): {codes} in {took:.1f} s, log +{len(log)} bytes")
+    assert out["good_err"] == [] and out["bad_err"] == [], codes
+    assert out["good"] == [200] * 400 and out["bad"] == [422] * 100, codes
+    assert "Traceback" not in log and "rejected POST /ask -> 422" in log
+    assert log.count("\n") <= 20 * (took / 10 + 2) + 5 and len(log) < 20000, log[-2000:]
+
+
+def test_credentials_are_never_shown(guarded, question):
+    """The camera URL's password and token appear nowhere: not in the start line, the
+    state-change lines, /ask, /readyz, /status or /metrics; the source still says which
+    stream it is."""
+    c = guarded
+    _wait_ready(c)
+    end = time.monotonic() + 30
+    while c.request("GET", "/readyz")[1]["sensors"]["camera"]["state"] != "failed" and time.monotonic() < end:
+        time.sleep(0.2)
+    shown = "rtsp://admin:***@127.0.0.1:9/stream?channel=1&token=***"
+    code, body = c.ask(question)
+    assert code == 200 and body["sensors"]["camera"]["source"] == f"stream {shown}", body["sensors"]["camera"]
+    assert body["mode"] == "visual_pseudo" and shown in body["sensors"]["camera"]["reason"]
+    texts = [json.dumps(body)]
+    for path in ("/readyz", "/status", "/metrics"):
+        code, resp = c.request("GET", path)
+        assert code == 200
+        texts.append(resp.decode() if isinstance(resp, bytes) else json.dumps(resp))
+    log = c.err_path.read_text()
+    assert f"camera: stream {shown}" in log and "camera: degraded -> failed (open failed: cannot open stream " in log
+    for text in texts + [log]:
+        assert not any(secret in text for secret in SECRETS), text[:3000]
+
+
+def test_unknown_words_lower_the_confidence(bundle, question):
+    """Unknown words are listed in the answer and scale the confidence by the known
+    fraction; a question with more than half its words unknown is refused."""
+    from avqa_edge.cli.serve import _summary
+    from avqa_edge.errors import QuestionError
+    with build_service(bundle, ServeConfig(warmup_s=1, threads=1)) as svc:
+        assert svc.wait_ready(20)
+        with pytest.raises(QuestionError, match="4 of the question's 6 words are unknown"):
+            svc.ask("How many zzqx blorfle wibble frobnicate?")
+        calibrated = svc.confidence.confidence
+        svc.confidence.confidence = lambda logits, mode, method: (0.8, calibrated(logits, mode, method)[1])
+        n = len(question.split())
+        body = svc.ask(question + " zzqx")
+    assert body["unknown_words"] == ["zzqx"] and body["answer"] is not None
+    assert body["confidence"] == round(0.8 * n / (n + 1), 4) and "unknown word(s) read as <unk> (zzqx)" in body["message"]
+    assert "unknown words: zzqx" in _summary(body, 1.0)
 
 
 # ---- in-process: file sources, both sensors failed, a missing camera ------------------------
@@ -482,6 +627,10 @@ def test_cli_errors_are_clean(bundle, tmp_path):
     r = CliRunner()
     cases = [
         (["serve", str(bundle), "--host", "0.0.0.0"], "--token"),
+        (["serve", str(bundle), "--host", "127.attacker.example"], "not a loopback address"),
+        (["serve", str(bundle), "--demo", "--threads", "1", "--host", "127.attacker.example", "--token", "x"],
+         "cannot resolve this name"),
+        (["serve", str(bundle), "--camera", "ftp://u:s3cr3tpw@cam/x"], "'ftp://u:***@cam/x': not a device index"),
         (["serve", str(bundle), "--inject", "camera:melt@1s"], "camera faults are"),
         (["serve", str(tmp_path / "nope")], "not found"),
         (["serve", str(bundle), "--camera", str(tmp_path / "missing.mp4")], "not a device index"),
@@ -493,9 +642,19 @@ def test_cli_errors_are_clean(bundle, tmp_path):
         import sounddevice  # noqa: F401
     except (ImportError, OSError):
         cases.append((["serve", str(bundle), "--mic", "default"], "PortAudio"))
-    for args, msg in cases:
-        res = r.invoke(app, args)
-        assert res.exit_code == 1 and msg in res.output and "Traceback" not in res.output, (args, res.output)
+    import socket
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    cases.append((["serve", str(bundle), "--demo", "--threads", "1", "--port", str(busy.getsockname()[1])],
+                  "already in use"))
+    try:
+        for args, msg in cases:
+            res = r.invoke(app, args)
+            assert res.exit_code == 1 and msg in res.output and "Traceback" not in res.output, (args, res.output)
+            assert "s3cr3tpw" not in res.output
+    finally:
+        busy.close()
 
 
 def test_cli_faults_benchmark(bundle, tmp_path):

@@ -24,6 +24,7 @@ def calibrate(
     from ..calibration.thresholds import check_against, fit_from_calibset, fit_from_recording, record_device
     from ..runtime.clock import RealClock
     from ..runtime.health import HealthThresholds, dbfs
+    from ..runtime.redact import redact
     from ..runtime.sources import camera_factory, mic_factory
 
     if camera == "none" and mic == "none":
@@ -41,7 +42,7 @@ def calibrate(
     cam_f, mic_f = camera_factory(camera, clock), mic_factory(mic, clock)
     _err(f"recording {seconds:g} s of a healthy scene (keep it ordinary: quiet moments and stillness are fine) ...")
     frames, chunks = record_device(cam_f() if cam_f else None, mic_f() if mic_f else None, seconds, clock, log=_err)
-    th = fit_from_recording(frames, chunks, base, source=f"camera {camera}, mic {mic}, {seconds:g} s")
+    th = fit_from_recording(frames, chunks, base, source=redact(f"camera {camera}, mic {mic}, {seconds:g} s"))
     th.save(out)
     flagged = check_against(th, frames, chunks)
     c, m = th.camera, th.mic

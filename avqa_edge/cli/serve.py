@@ -13,7 +13,7 @@ from typing import List, Optional
 import typer
 from typing_extensions import Annotated
 
-from ..errors import AvqaError
+from ..errors import AvqaError, ConfigError
 from ._common import err as _err
 
 
@@ -30,8 +30,10 @@ def _summary(body: dict, t: float) -> str:
     prompt = f", prompt set {body['prompt_set']}" if body.get("prompt_set") else ""
     if body.get("graph") == "video_expert":
         prompt += ", video expert"
+    unknown = body.get("unknown_words") or []
+    words = f", unknown words: {', '.join(unknown)}" if unknown else ""
     return (f"[{t:7.2f}s] {body['question']!r} -> {body['answer']} (confidence {body['confidence']:.0%}, "
-            f"mode {body['mode']}{prompt}, {body['latency_ms']:.0f} ms)\n           {sensors}; top: {top}"
+            f"mode {body['mode']}{prompt}{words}, {body['latency_ms']:.0f} ms)\n           {sensors}; top: {top}"
             + (f"\n           {_demo_text(body['demo'])}" if body.get("demo") else ""))
 
 
@@ -61,7 +63,8 @@ def serve(
     precision: Annotated[str, typer.Option(help="ONNX Runtime graphs: fp32 or fp16.")] = "fp32",
     threads: Annotated[int, typer.Option(help="ONNX Runtime threads (0: its default).")] = 0,
     method: Annotated[str, typer.Option(help="auto (prompt where the bundle has prompt graphs, else rmm+avr), rmm+avr, or prompt (the prompt set chosen by sensor health; needs a bundle exported with --prompt).")] = "auto",
-    host: Annotated[str, typer.Option(help="Address to bind; anything but loopback needs --token.")] = "127.0.0.1",
+    host: Annotated[str, typer.Option(help="Address to bind; anything but a loopback address (127.0.0.1, ::1) or localhost needs --token.")] = "127.0.0.1",
+    allow_host: Annotated[Optional[List[str]], typer.Option(metavar="NAME", help="A name the Host header may carry besides loopback names and --host (repeatable; '*': any). Default with --host 0.0.0.0: any.")] = None,
     port: Annotated[int, typer.Option(help="Port (0: any free port, printed at start).")] = 8000,
     token: Annotated[Optional[str], typer.Option(envvar="AVQA_EDGE_TOKEN", help="Bearer token clients must send (env AVQA_EDGE_TOKEN).")] = None,
     ask: Annotated[Optional[str], typer.Option(help="Answer this question once the window is recorded, print it and exit (no HTTP server).")] = None,
@@ -79,6 +82,7 @@ def serve(
     """Answer questions about the live camera and microphone; keep answering when one fails.
 
     HTTP API + web page, or --ask / --stdin in the terminal. Torch-free."""
+    from ..runtime.redact import redact
     from ..runtime.server import is_loopback, run_server
     from ..runtime.service import ServeConfig, build_service
 
@@ -95,7 +99,8 @@ def serve(
     if not 1 <= top_k <= 10:
         raise AvqaError("--top-k must lie in [1, 10]")
     if ask is None and not stdin and not is_loopback(host) and not token:
-        raise AvqaError(f"--host {host} exposes the server beyond this machine: give --token (or AVQA_EDGE_TOKEN)")
+        raise ConfigError(f"--host {host} is not a loopback address (127.0.0.1, ::1, localhost), so it may expose the "
+                          "server beyond this machine: give --token (or AVQA_EDGE_TOKEN)")
     if max_body < 256:
         raise AvqaError("--max-body must be at least 256 bytes")
     cfg = ServeConfig(camera=camera, mic=mic, backend=backend, precision=precision, threads=threads, method=method,
@@ -103,8 +108,9 @@ def serve(
                       confidence=str(confidence) if confidence else None, warmup_s=warmup, top_k=top_k,
                       demo_question=ask if "demo" in (camera, mic) else None)
     svc = build_service(bundle, cfg, log=_err)
-    _err(f"serving {bundle} with {svc.pipeline.name}, method {svc.method_text()}; camera: {svc.links['camera'].description}; "
-         f"mic: {svc.links['mic'].description}" + (f"; injecting {', '.join(map(str, svc.faults))}" if svc.faults else ""))
+    _err(redact(f"serving {bundle} with {svc.pipeline.name}, method {svc.method_text()}; "
+                f"camera: {svc.links['camera'].description}; mic: {svc.links['mic'].description}"
+                + (f"; injecting {', '.join(map(str, svc.faults))}" if svc.faults else "")))
     try:
         if ask is not None or stdin:
             svc.start()
@@ -112,9 +118,11 @@ def serve(
         else:
             def ready(server):
                 sock = server.servers[0].sockets[0].getsockname() if server.servers else (host, port)
-                _err(f"listening on http://{host}:{sock[1]}/ (web page), POST /ask, GET /readyz /metrics"
+                name = f"[{host}]" if ":" in host else host
+                _err(f"listening on http://{name}:{sock[1]}/ (web page), POST /ask, GET /readyz /metrics"
                      + (" (Bearer token required)" if token else ""))
-            run_server(svc, host=host, port=port, token=token, max_body=max_body, duration_s=duration, ready_cb=ready)
+            run_server(svc, host=host, port=port, token=token, max_body=max_body, duration_s=duration, ready_cb=ready,
+                       allow_hosts=allow_host or ())
     finally:
         svc.stop()
 
