@@ -254,11 +254,4 @@ def summary_table(result: ExportResult):
 
 def parity_table(report: P.ParityReport):
     """A rich Table of the per-component statistics."""
-    from rich.table import Table
-    table = Table(title=f"parity: PyTorch vs ONNX Runtime ({report.info.get('provider')})")
-    for col in ("component", "output", "precision", "max abs", "max abs / RMS", "mean rel", "cosine", "pass"):
-        table.add_column(col)
-    for o in report.outputs:
-        table.add_row(o.component, o.output, o.precision, f"{o.max_abs:.2e}", f"{o.max_abs_rms:.2e}",
-                      f"{o.mean_rel:.2e}", f"{o.cosine:.8f}", "yes" if o else "[red]NO[/red]")
-    return table
+    return R.parity_table(report)

@@ -474,21 +474,15 @@ def stored_parity(bundle_dir, backend: str = "ort", precisions: Optional[Sequenc
                 for c in bundle.graphs}
 
     cross: List[CrossComparison] = []
+    cross_note = ""
     if backend == "ort":
         sets = {p: ort_set(p) for p in precisions}
     else:
         trt_runners = _trt_sets(bundle)
         sets = {"fp16": trt_runners}
-        graphs = {c: engine_graph_key(bundle.manifest["engines"][c]) for c in bundle.graphs}
-        ort = {c: OrtRunner(bundle.graph_path(c, graphs[c]), threads=threads, providers=[PROVIDER], name=f"{c} (ort)")
-               for c in bundle.graphs}
-        for r in list(ort.values()) + list(trt_runners.values()):
-            r.__enter__()
-        try:
-            cross = cross_check(refs, trt_runners, ort, {c: bundle.components[c]["files"][graphs[c]] for c in bundle.graphs})
-        finally:
-            for r in list(ort.values()) + list(trt_runners.values()):
-                r.__exit__(None, None, None)
+        cross, cross_note = _cross_with_ort(bundle, refs, trt_runners, threads)
+        if cross_note:
+            log(f"  {cross_note}")
     log(f"parity: {BACKEND_NAMES[backend]} ({', '.join(precisions)}) vs the stored PyTorch references, "
         f"{len(scenarios)} scenarios")
     outputs, agree = compare_sets(refs, sets, calib, bundle.vocabulary, bundle.answers, bundle.model_config, th,
@@ -501,7 +495,55 @@ def stored_parity(bundle_dir, backend: str = "ort", precisions: Optional[Sequenc
             "method": "rmm+avr", "seconds": round(time.perf_counter() - t0, 1)}
     if backend == "trt":
         info["fingerprint"] = bundle.manifest.get("fingerprint") or {}
+        info["trt_vs_ort"] = cross_note or "compared"
     return ParityReport(outputs, agree, th, info, cross)
+
+
+def _cross_with_ort(bundle: B.Bundle, refs: References, trt_runners: Dict[str, Runner],
+                    threads: int) -> Tuple[List[CrossComparison], str]:
+    """TensorRT vs ONNX Runtime on the graphs the engines were built from, or why not."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError as e:
+        return [], f"TensorRT vs ONNX Runtime not compared: onnxruntime is not installed here ({e})"
+    keys = {c: engine_graph_key(bundle.manifest["engines"][c]) for c in bundle.graphs}
+    ort = {c: OrtRunner(bundle.graph_path(c, keys[c]), threads=threads, providers=[PROVIDER], name=f"{c} (ort)")
+           for c in bundle.graphs}
+    runners = list(ort.values()) + list(trt_runners.values())
+    for r in runners:
+        r.__enter__()
+    try:
+        return cross_check(refs, trt_runners, ort, {c: bundle.components[c]["files"][keys[c]] for c in bundle.graphs}), ""
+    finally:
+        for r in runners:
+            r.__exit__(None, None, None)
+
+
+# ---- tables for the terminal ---------------------------------------------------------------------
+
+def parity_table(report: ParityReport):
+    """A rich Table of the per-component statistics."""
+    from rich.table import Table
+    ref = "PyTorch" + (" (stored)" if report.info.get("references") == "stored" else "")
+    table = Table(title=f"parity: {ref} vs {report.info.get('backend_name', 'ONNX Runtime')} ({report.info.get('provider')})")
+    for col in ("component", "output", "precision", "max abs", "max abs / RMS", "mean rel", "cosine", "pass"):
+        table.add_column(col)
+    for o in report.outputs:
+        table.add_row(o.component, o.output, o.precision, f"{o.max_abs:.2e}", f"{o.max_abs_rms:.2e}",
+                      f"{o.mean_rel:.2e}", f"{o.cosine:.8f}", "yes" if o else "[red]NO[/red]")
+    return table
+
+
+def cross_table(report: ParityReport):
+    """A rich Table of TensorRT vs ONNX Runtime (Polygraphy's statistics)."""
+    from rich.table import Table
+    table = Table(title="TensorRT vs ONNX Runtime, same feeds (reported, not gated)")
+    for col in ("component", "output", "ONNX graph", "max abs", "mean abs", "median abs", "max rel", "mean rel", "median rel"):
+        table.add_column(col)
+    for c in report.cross:
+        table.add_row(c.component, c.output, c.reference, f"{c.max_abs:.2e}", f"{c.mean_abs:.2e}", f"{c.median_abs:.2e}",
+                      f"{c.max_rel:.2e}", f"{c.mean_rel:.2e}", f"{c.median_rel:.2e}")
+    return table
 
 
 # ---- writing reports and verdicts -----------------------------------------------------------------
