@@ -141,6 +141,7 @@ def parity(
                else manifest["parity_checks"][f"ort-{'+'.join(report.info['precisions'])}"])
         report.info["report"] = rec["report"][0] if isinstance(rec["report"], list) else rec["report"]
         if json_path is not None:
+            json_path.parent.mkdir(parents=True, exist_ok=True)
             atomic.write_json(json_path, report.to_dict())
     _print_report(report)
     where = bundle / report.info["report"]
