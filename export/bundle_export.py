@@ -1,6 +1,6 @@
 """`avqa-edge export RUN_DIR --out BUNDLE`: the seven graphs (eight with a video expert),
 their FP16 variants, the calibration set, the parity gate, PyTorch's reference outputs
-(references/*.npz, for the torch-free check on the device) and the manifest (issue 3, sections 1-2).
+(references/*.npz, for the torch-free check on the device) and the manifest.
 
 Arguments are validated before any work. The bundle is assembled in a hidden sibling
 directory and renamed into place only when complete, with manifest.json written last, so

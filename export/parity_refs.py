@@ -62,7 +62,7 @@ Log = Callable[[str], None]
 
 @dataclass
 class Thresholds:
-    """Scale-free defaults of issue 3, section 2 (all configurable)."""
+    """Scale-free defaults (all configurable)."""
     fp32_max_abs_rms: float = 1e-4         # max |torch - ort| <= this x RMS(torch output)
     fp32_cosine: float = 0.99999
     fp32_agreement: float = 1.0            # answers; a disagreement is excused only at a near tie:
