@@ -290,3 +290,14 @@ def test_interrupted_parity_write_leaves_a_verifiable_bundle(bundle, tmp_path, m
     assert n >= 4                                       # two reports, the manifest, the old report's removal
     assert report != old and not any((copy / f).exists() for f in old)
     assert all((copy / f).is_file() for f in report)
+
+
+def test_cli_parity_rejects_impossible_options(tmp_path):
+    r = CliRunner()
+    for args, msg in ((["--backend", "onnx"], "must be torch, ort or trt"),
+                      (["--precision", "fp16"], "--precision applies to --backend ort | trt"),
+                      (["--backend", "ort", "--run", str(tmp_path)], "--run applies to --backend torch")):
+        res = r.invoke(app, ["parity", str(tmp_path / "b"), *args])
+        assert res.exit_code == 1 and msg in res.output and "Traceback" not in res.output
+    res = r.invoke(app, ["parity", str(tmp_path / "nope"), "--backend", "ort"])
+    assert res.exit_code == 1 and "not found" in res.output
