@@ -1,5 +1,6 @@
 """`avqa-edge export RUN_DIR --out BUNDLE`: the seven graphs (eight with a video expert),
-their FP16 variants, the calibration set, the parity gate and the manifest (issue 3, sections 1-2).
+their FP16 variants, the calibration set, the parity gate, PyTorch's reference outputs
+(references/*.npz, for the torch-free check on the device) and the manifest.
 
 Arguments are validated before any work. The bundle is assembled in a hidden sibling
 directory and renamed into place only when complete, with manifest.json written last, so
@@ -28,6 +29,7 @@ from . import components as C
 from . import fp16 as fp16_pass
 from . import onnx_export as OX
 from . import parity as P
+from . import parity_refs as R
 
 Log = Callable[[str], None]
 
@@ -161,6 +163,10 @@ def _assemble(model, config: Dict, run_dir: Path, tmp: Path, log: Log, exporter:
         vocab = [PAD, UNK] + list(cfg.vocab)
         parity_report = P.run_parity(model, graphs, calib, vocab, cfg.answers, thresholds, threads=threads, log=log)
         t0 = time.perf_counter()
+        for rel in R.save_references(tmp, parity_report.references):     # for the torch-free check on the device
+            report(OX.Artifact(path=rel, component="references", precision="data", bytes=(tmp / rel).stat().st_size,
+                               seconds=round(time.perf_counter() - t0, 3)))
+        t0 = time.perf_counter()
         for p in P.write_report(parity_report, tmp):
             report(OX.Artifact(path=p.name, component="parity", precision="data", bytes=p.stat().st_size,
                                seconds=round(time.perf_counter() - t0, 3)))
@@ -184,6 +190,7 @@ def _assemble(model, config: Dict, run_dir: Path, tmp: Path, log: Log, exporter:
         "calibration": {"dir": "calibration", "clips": calib.n_clips, "questions": calib.n_questions,
                         "source": calib.meta.get("source")},
         "parity": parity_report.summary() if parity_report is not None else {"passed": None, "skipped": True},
+        "references": R.references_record(parity_report.references) if parity_report is not None else {},
         "engines": {},
         "fingerprint": {},
     }
@@ -247,11 +254,4 @@ def summary_table(result: ExportResult):
 
 def parity_table(report: P.ParityReport):
     """A rich Table of the per-component statistics."""
-    from rich.table import Table
-    table = Table(title=f"parity: PyTorch vs ONNX Runtime ({report.info.get('provider')})")
-    for col in ("component", "output", "precision", "max abs", "max abs / RMS", "mean rel", "cosine", "pass"):
-        table.add_column(col)
-    for o in report.outputs:
-        table.add_row(o.component, o.output, o.precision, f"{o.max_abs:.2e}", f"{o.max_abs_rms:.2e}",
-                      f"{o.mean_rel:.2e}", f"{o.cosine:.8f}", "yes" if o else "[red]NO[/red]")
-    return table
+    return R.parity_table(report)

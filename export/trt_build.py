@@ -18,6 +18,10 @@ only FP16 route there; on 10.x it is the recommended one. Older than 8.5 is refu
 runtime needs the named-tensor API and `execute_async_v3`, which arrived in 8.5.
 
 Entry point: `build_bundle_engines(bundle_dir)` (CLI: `avqa-edge export --trt --from-bundle BUNDLE`).
+After building, the engines are checked against the PyTorch references stored in the bundle
+(export/parity_refs.py, torch-free as well) and each engine's verdict is recorded in the
+manifest (`manifest["engines"][component]["parity"]`); serving refuses engines without a
+passing verdict.
 """
 import os
 import re
@@ -357,6 +361,13 @@ def forget_engines(bundle_dir: Path, manifest: Dict[str, Any]) -> Dict[str, Any]
     return bundle_io.write_manifest(bundle_dir, manifest, rehash=False)
 
 
+def graph_key(files: Dict[str, str], route: str, version: Sequence[int]) -> str:
+    """Which of a component's graphs (manifest files key) the route builds from."""
+    if route == ROUTE_FP16_FLAG and tuple(version[:2]) < (8, 6) and "fp32_nolayernorm" in files:
+        return "fp32_nolayernorm"      # TensorRT 8.5 has no LayerNormalization importer
+    return ROUTE_ONNX[route]
+
+
 def onnx_sources(bundle_dir: Path, manifest: Dict[str, Any], route: str,
                  version: Sequence[int]) -> List[Tuple[str, Path]]:
     """(component, ONNX path) per component, the FP32 or FP16 graph as the route needs.
@@ -367,9 +378,7 @@ def onnx_sources(bundle_dir: Path, manifest: Dict[str, Any], route: str,
     sources = []
     for name, component in manifest["components"].items():
         files = component.get("files") or {}
-        key = ROUTE_ONNX[route]
-        if route == ROUTE_FP16_FLAG and tuple(version[:2]) < (8, 6) and "fp32_nolayernorm" in files:
-            key = "fp32_nolayernorm"      # TensorRT 8.5 has no LayerNormalization importer
+        key = graph_key(files, route, version)
         rel = files.get(key)
         if rel is None:
             raise AvqaError(
@@ -402,14 +411,19 @@ def record_engines(bundle_dir: Path, engines: Dict[str, Dict[str, Any]], fingerp
 
 
 def build_bundle_engines(bundle_dir: Union[str, Path], workspace_mib: int = 1024,
-                         timing_cache: Optional[Union[str, Path]] = None, log: Log = print) -> Dict[str, Any]:
+                         timing_cache: Optional[Union[str, Path]] = None, log: Log = print,
+                         parity: bool = True, threads: int = 0) -> Dict[str, Any]:
     """Build `engines/<component>.engine` for every component of a bundle on this device.
 
     Picks the route from the installed TensorRT, the FP32 or FP16 graph accordingly, records
-    the engines and this device's fingerprint in manifest.json, and returns
-    {"engines": {component: {"file", "bytes", "seconds", "route", "precision"}}, "fingerprint": {...}}
-    ("file" relative to the bundle).
-    Without TensorRT or an NVIDIA GPU, raises AvqaError saying how to build on the device.
+    the engines and this device's fingerprint in manifest.json, then (with `parity`) checks
+    them against the bundle's stored PyTorch references (export/parity_refs.py, torch-free)
+    and records each engine's verdict in manifest["engines"][component]["parity"]. Returns
+    {"engines": {component: {"file", "bytes", "seconds", "route", "precision", "onnx"}},
+    "fingerprint": {...}, "parity": the ParityReport or None} ("file" relative to the bundle;
+    "onnx": the manifest files key of the graph it was built from).
+    Without TensorRT or an NVIDIA GPU, raises AvqaError saying how to build on the device;
+    when the engines fail parity, raises ParityError naming them (their failing verdicts recorded).
     """
     bundle_dir = Path(bundle_dir)
     if int(workspace_mib) <= 0:
@@ -436,9 +450,33 @@ def build_bundle_engines(bundle_dir: Union[str, Path], workspace_mib: int = 1024
         rec = build_engine(onnx_path, engine_dir / f"{name}.engine", trt, route=route,
                            workspace_mib=workspace_mib, timing_cache=cache_path, log=log)
         rec["file"] = f"{ENGINE_DIR}/{rec['file']}"   # bundle-relative, as the manifest lists files
+        rec["onnx"] = graph_key(manifest["components"][name].get("files") or {}, route, version)
         engines[name] = rec
     total = sum(e["bytes"] for e in engines.values())
     log(f"{len(engines)} engine(s), {total / 2**20:.1f} MiB, "
         f"{sum(e['seconds'] for e in engines.values()):.1f} s")
     record_engines(bundle_dir, engines, fingerprint)
-    return {"engines": engines, "fingerprint": fingerprint}
+    report = verify_engines(bundle_dir, threads=threads, log=log) if parity else None
+    return {"engines": engines, "fingerprint": fingerprint, "parity": report}
+
+
+def verify_engines(bundle_dir: Union[str, Path], threads: int = 0, log: Log = print,
+                   raise_on_failure: bool = True) -> Any:
+    """Torch-free parity of the bundle's engines against its stored PyTorch references (and
+    against ONNX Runtime on the same feeds); each engine's verdict goes into the manifest.
+
+    A bundle exported without stored references gets no verdicts (and a warning: serving
+    refuses unverified engines). -> the ParityReport, or None without references."""
+    from . import parity_refs as R
+    manifest = bundle_io.read_manifest(bundle_dir)
+    if not manifest.get("references"):
+        log(f"  warning: {bundle_dir} holds no PyTorch references, so the engines cannot be checked here and "
+            "stay unverified (serve refuses them): re-export the bundle with this version, then rebuild")
+        return None
+    report = R.stored_parity(bundle_dir, backend="trt", threads=threads, log=log)
+    R.record_parity(bundle_dir, report, "trt")
+    verdict = "PASSED" if report else f"FAILED for {', '.join(report.failed_components()) or 'the answers'}"
+    log(f"engine parity {verdict}: verdicts recorded in {Path(bundle_dir) / bundle_io.MANIFEST}")
+    if raise_on_failure:
+        R.gate(report, f"TensorRT engines of {bundle_dir}; they stay recorded as failed and serve refuses them")
+    return report

@@ -120,7 +120,9 @@ class Pipeline:
             raise AvqaError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         bundle = Bundle.open(bundle_dir, verify=verify)
         if bundle.parity_passed is False and not allow_failed_parity:
-            raise AvqaError(f"bundle {bundle_dir} failed its parity gate at export (see {bundle.path / 'parity.md'}); "
+            report = (bundle.manifest.get("parity") or {}).get("report") or ["parity.md"]
+            report = report[0] if isinstance(report, list) else report
+            raise AvqaError(f"bundle {bundle_dir} failed its parity gate at export (see {bundle.path / report}); "
                             "re-export, or pass allow_failed_parity=True to load it anyway")
         if runner_factory is None:
             if backend == "ort":

@@ -81,6 +81,7 @@ class ServeConfig:
     camera: str = "demo"                 # demo | none | device index | video file | stream URL
     mic: str = "demo"                    # demo | none | default | device index or name | sound file
     backend: str = "auto"                # auto | trt | ort
+    allow_unverified_engines: bool = False   # serve TensorRT engines without a passing parity verdict (warned)
     method: str = "auto"                 # auto (prompt where the bundle has prompt graphs) | rmm+avr | prompt
     precision: str = "fp32"              # ONNX Runtime graphs: fp32 | fp16
     threads: int = 0                     # ONNX Runtime intra-op threads (0: its default)
@@ -429,10 +430,12 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 
 # ---- building a service -------------------------------------------------------------------------
 
-def open_pipeline(bundle_dir, backend: str = "auto", precision: str = "fp32", threads: int = 0):
+def open_pipeline(bundle_dir, backend: str = "auto", precision: str = "fp32", threads: int = 0,
+                  allow_unverified_engines: bool = False, log: Callable[[str], None] = lambda *_: None):
     """Pipeline.from_bundle with `auto`: TensorRT where the bundle has engines and TensorRT
-    imports, else ONNX Runtime."""
-    from .bundle import read_manifest
+    imports, else ONNX Runtime. TensorRT engines without a passing parity verdict are
+    refused unless `allow_unverified_engines` (then a warning goes to `log`)."""
+    from .bundle import Bundle, read_manifest
     from .pipeline import Pipeline
     if backend not in ("auto", "trt", "ort"):
         raise AvqaError(f"--backend must be auto, trt or ort, got {backend!r}")
@@ -444,6 +447,10 @@ def open_pipeline(bundle_dir, backend: str = "auto", precision: str = "fp32", th
                 backend = "trt"
             except ImportError:
                 pass
+    if backend == "trt":
+        from .trt import check_engine_verdicts
+        bundle = Bundle.open(bundle_dir, verify=False)     # Pipeline.from_bundle verifies every file next
+        check_engine_verdicts(bundle.manifest, bundle.graphs, bundle_dir, allow_unverified_engines, warn=log)
     return Pipeline.from_bundle(bundle_dir, backend=backend, precision=precision, threads=threads)
 
 
@@ -525,7 +532,8 @@ def build_service(bundle_dir, cfg: ServeConfig, log: Callable[[str], None] = lam
     reel = DemoReel(calib.frames, calib.audio, start=0.0, clips=order)   # started below
     factories = {"camera": camera_factory(cfg.camera, clock, reel), "mic": mic_factory(cfg.mic, clock, reel)}
     thresholds = HealthThresholds.load(cfg.thresholds) if cfg.thresholds else fit_from_calibset(calib.frames, calib.audio)
-    pipeline = open_pipeline(bundle_dir, cfg.backend, cfg.precision, cfg.threads)
+    pipeline = open_pipeline(bundle_dir, cfg.backend, cfg.precision, cfg.threads,
+                             allow_unverified_engines=cfg.allow_unverified_engines, log=log)
     try:
         method = resolve_method(pipeline, cfg.method)
         has_prompts = bool(pipeline.bundle is not None and pipeline.bundle.manifest.get("prompts"))

@@ -23,6 +23,8 @@ from avqa_edge.errors import AvqaError
 from avqa_edge.runtime.runners import Runner, Spec
 
 REBUILD_COMMAND = "avqa-edge export --trt --from-bundle BUNDLE"
+VERIFY_COMMAND = "avqa-edge parity BUNDLE --backend trt"
+OVERRIDE_FLAG = "--allow-unverified-engines"
 FINGERPRINT_KEYS = ("gpu_name", "compute_capability", "tensorrt", "cuda")
 
 # TensorRT DataType member name -> numpy dtype. INT64 / UINT8 exist only in newer TensorRT
@@ -207,6 +209,48 @@ def check_fingerprint(recorded: Mapping[str, Any], current: Mapping[str, Any],
         + "\nAn engine only runs on the GPU model and TensorRT version it was built with. "
         + f"Rebuild the engines on this device: {REBUILD_COMMAND}"
     )
+
+
+# ----------------------------------------------------------------------------- parity verdicts
+
+def unverified_engines(manifest: Mapping[str, Any], components: Any) -> List[str]:
+    """One line per component whose engine lacks a passing parity verdict
+    (manifest["engines"][c]["parity"], written by export/parity_refs.py), or whose verdict
+    was given to another engine file than the one the manifest now lists."""
+    engines = manifest.get("engines") or {}
+    files = manifest.get("files") or {}
+    lines = []
+    for c in components:
+        rec = engines.get(c) or {}
+        verdict = rec.get("parity") or {}
+        sha = (files.get(rec.get("file")) or {}).get("sha256")
+        if not rec:
+            lines.append(f"{c}: no engine")
+        elif "passed" not in verdict:
+            lines.append(f"{c}: no parity verdict")
+        elif verdict.get("passed") is not True:
+            lines.append(f"{c}: parity FAILED (report: {verdict.get('report')})")
+        elif verdict.get("engine_sha256") and verdict["engine_sha256"] != sha:
+            lines.append(f"{c}: the verdict was given to another engine file")
+    return lines
+
+
+def check_engine_verdicts(manifest: Mapping[str, Any], components: Any, bundle: Union[str, Path],
+                          allow_unverified: bool = False, warn: Any = None) -> None:
+    """Refuse TensorRT engines without a passing parity verdict (AvqaError saying how to
+    verify them); with `allow_unverified`, `warn(message)` instead."""
+    lines = unverified_engines(manifest, components)
+    if not lines:
+        return
+    head = f"the TensorRT engines of {bundle} are not verified against PyTorch"
+    body = ":\n  - " + "\n  - ".join(lines)
+    if allow_unverified:
+        if warn is not None:
+            warn(f"WARNING: {head}{body}\nWARNING: serving them anyway ({OVERRIDE_FLAG}); answers may be wrong.")
+        return
+    raise AvqaError(f"{head}{body}\nVerify them on this device: {VERIFY_COMMAND.replace('BUNDLE', str(bundle))} "
+                    f"(torch-free, against the PyTorch references stored in the bundle); or serve with --backend ort; "
+                    f"or pass {OVERRIDE_FLAG} to serve them unverified.")
 
 
 # ----------------------------------------------------------------------------- device memory

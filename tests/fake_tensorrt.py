@@ -12,6 +12,10 @@ version it is made for, so code that touches an API the version lacks fails the 
 
 Every call is appended to `calls` as (name, args). Device memory is a shared dict of numpy
 byte arrays, so data copied in by the fake pycuda really flows through the fake engine.
+
+With `FakeConfig(onnx_engines=True)` an engine runs the ONNX graph it was built from in ONNX
+Runtime (its I/O is the graph's), so a real bundle goes through build, runner and parity;
+`output_hook(onnx_path, outputs)` may alter what an engine returns (a broken engine).
 """
 import enum
 import sys
@@ -108,7 +112,8 @@ class FakeConfig:
                  network_inputs: Sequence[Tuple[str, Tuple[int, ...]]] = (("x", (1, 4)),),
                  parse_errors: Sequence[str] = (), build_fails: bool = False,
                  engine_io: Sequence[EngineTensor] = DEFAULT_ENGINE_IO,
-                 compute: Callable = double_inputs, strongly_typed_flag: bool = True):
+                 compute: Callable = double_inputs, strongly_typed_flag: bool = True,
+                 onnx_engines: bool = False, output_hook: Optional[Callable] = None):
         self.version = version
         self.major, self.minor = (int(p) for p in version.split(".")[:2])
         self.layers = list(layers)
@@ -120,6 +125,33 @@ class FakeConfig:
         self.engine_io = list(engine_io)
         self.compute = compute
         self.strongly_typed_flag = strongly_typed_flag
+        self.onnx_engines = onnx_engines
+        self.output_hook = output_hook
+
+    def engine_bytes(self, onnx_path: str = "") -> bytes:
+        """What build_serialized_network returns (ONNX-backed engines carry their graph's path)."""
+        head = b"fake-engine " + self.version.encode()
+        return head + b"\n" + onnx_path.encode() if self.onnx_engines else head
+
+
+_ORT_TO_TRT = {"tensor(float)": "FLOAT", "tensor(float16)": "HALF", "tensor(int64)": "INT64", "tensor(uint8)": "UINT8",
+               "tensor(int32)": "INT32", "tensor(bool)": "BOOL"}
+
+
+def onnx_engine(path: str, hook: Optional[Callable] = None) -> Tuple[List[EngineTensor], Callable]:
+    """(I/O, compute) of an engine that runs the ONNX graph at `path` in ONNX Runtime."""
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3          # errors only (FP16 graphs log constant-folding notes)
+    sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    io = [EngineTensor(t.name, mode, t.shape, _ORT_TO_TRT[t.type])
+          for mode, ts in (("INPUT", sess.get_inputs()), ("OUTPUT", sess.get_outputs())) for t in ts]
+    names = [t.name for t in sess.get_outputs()]
+
+    def compute(feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        outs = dict(zip(names, sess.run(names, feeds)))
+        return hook(path, outs) if hook is not None else outs
+    return io, compute
 
 
 # ----------------------------------------------------------------------------- fake tensorrt
@@ -237,6 +269,7 @@ def make_tensorrt(cfg: FakeConfig, calls: Calls, memory: DeviceMemory) -> types.
 
         def parse_from_file(self, path):
             calls.append(("parser.parse_from_file", (path,)))
+            self.network.onnx_path = str(path)
             if cfg.parse_errors:
                 return False
             self.network.layers = [ILayer(spec) for spec in cfg.layers]
@@ -312,7 +345,7 @@ def make_tensorrt(cfg: FakeConfig, calls: Calls, memory: DeviceMemory) -> types.
             strongly_typed = new_api or (strongly is not None and network.flags & (1 << int(strongly)))
             if cfg.build_fails or (strongly_typed and "FP16" in config.flags):
                 return None   # TensorRT 10 rejects precision flags on a strongly typed network
-            return b"fake-engine " + cfg.version.encode()
+            return cfg.engine_bytes(getattr(network, "onnx_path", ""))
 
     class IExecutionContext:
         def __init__(self, engine):
@@ -334,24 +367,26 @@ def make_tensorrt(cfg: FakeConfig, calls: Calls, memory: DeviceMemory) -> types.
         def execute_async_v3(self, stream_handle):
             calls.append(("context.execute_async_v3", (stream_handle,)))
             feeds = {}
-            for t in cfg.engine_io:
+            for t in self.engine.io_list:
                 if t.mode == "INPUT":
                     feeds[t.name] = memory.read(self.addresses[t.name], self.get_tensor_shape(t.name),
                                                 _NP[t.dtype])
-            for name, value in cfg.compute(feeds).items():
+            for name, value in self.engine.compute(feeds).items():
                 memory.write(self.addresses[name], value)
             return True
 
     class ICudaEngine:
-        def __init__(self):
-            self.io = {t.name: t for t in cfg.engine_io}
+        def __init__(self, io_list=None, compute=None):
+            self.io_list = list(io_list if io_list is not None else cfg.engine_io)
+            self.compute = compute or cfg.compute
+            self.io = {t.name: t for t in self.io_list}
 
         @property
         def num_io_tensors(self):
-            return len(cfg.engine_io)
+            return len(self.io_list)
 
         def get_tensor_name(self, i):
-            return cfg.engine_io[i].name
+            return self.io_list[i].name
 
         def get_tensor_mode(self, name):
             return trt.TensorIOMode[self.io[name].mode]
@@ -372,8 +407,11 @@ def make_tensorrt(cfg: FakeConfig, calls: Calls, memory: DeviceMemory) -> types.
 
         def deserialize_cuda_engine(self, data):
             calls.append(("runtime.deserialize_cuda_engine", (bytes(data),)))
-            if bytes(data) != b"fake-engine " + cfg.version.encode():
+            head, _, onnx_path = bytes(data).partition(b"\n")
+            if head != b"fake-engine " + cfg.version.encode() or bool(onnx_path) != cfg.onnx_engines:
                 return None   # built by another TensorRT version, or not an engine
+            if cfg.onnx_engines:
+                return ICudaEngine(*onnx_engine(onnx_path.decode(), cfg.output_hook))
             return ICudaEngine()
 
     for cls in (Logger, ILayer, IElementWiseLayer, IUnaryLayer, OnnxParser, Builder, Runtime):

@@ -489,11 +489,14 @@ def test_cli_parity(exported, tmp_path):
     res = CliRunner().invoke(app, ["parity", str(bundle), "--json", str(out), "--threads", "1"])
     assert res.exit_code == 0, res.output
     assert "parity PASSED" in res.output and json.loads(out.read_text())["passed"]
-    B.verify_bundle(bundle)                            # parity.md / .json re-hashed into the manifest
+    md, js = B.verify_bundle(bundle)["parity"]["report"]   # new report files, hashed into the manifest
+    assert md.startswith("parity/torch.") and json.loads((bundle / js).read_text()) == json.loads(out.read_text())
+    assert not (bundle / "parity.json").exists()       # the export's report, no longer the manifest's
     res = CliRunner().invoke(app, ["parity", str(bundle), "--threads", "1", "--fp32-max-abs-rms", "1e-9",
                                    "--scenario", "complete"])
     assert res.exit_code == 1 and "parity gate FAILED" in res.output and "(fp32): max abs error" in res.output
-    assert json.loads((bundle / "parity.json").read_text())["passed"] is False
+    report = B.verify_bundle(bundle)["parity"]["report"]
+    assert json.loads((bundle / report[1]).read_text())["passed"] is False and not (bundle / js).exists()
     with pytest.raises(AvqaError, match="failed its parity gate"):
         Pipeline.from_bundle(bundle)
     res = CliRunner().invoke(app, ["parity", str(tmp_path / "nope")])

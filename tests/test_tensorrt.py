@@ -125,7 +125,7 @@ def test_build_tensorrt_8_5_uses_fp16_flag_on_fp32_graph(tmp_path, monkeypatch):
     engines = result["engines"]
     assert set(engines) == {"visual", "backbone"}
     for name, rec in engines.items():
-        assert set(rec) == {"file", "bytes", "seconds", "route", "precision"}
+        assert set(rec) == {"file", "bytes", "seconds", "route", "precision", "onnx"}
         assert rec["file"] == f"engines/{name}.engine" and rec["route"] == "fp16_flag" and rec["precision"] == "fp16"
         assert (bundle / rec["file"]).read_bytes() == b"fake-engine 8.5.2.2"
         assert rec["bytes"] == len(b"fake-engine 8.5.2.2")

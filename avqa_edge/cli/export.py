@@ -35,7 +35,7 @@ def export(
             raise AvqaError("--from-bundle only builds TensorRT engines: add --trt")
         if run_dir is not None or out is not None:
             raise AvqaError("--from-bundle builds into the given bundle: drop RUN_DIR and --out")
-        _build_engines(from_bundle, workspace_mib, timing_cache)
+        _build_engines(from_bundle, workspace_mib, timing_cache, threads)
         return
     if run_dir is None or out is None:
         raise AvqaError("give RUN_DIR and --out BUNDLE (or --trt --from-bundle BUNDLE on the device)")
@@ -63,29 +63,49 @@ def export(
         gate(report, f"the prompt graphs of {out}; see {out / 'parity_prompts.md'}")
         typer.echo("prompt parity PASSED")
     if trt:
-        _build_engines(out, workspace_mib, timing_cache)
+        _build_engines(out, workspace_mib, timing_cache, threads)
 
 
 def _thresholds(fp32_max_abs_rms: float, fp32_cosine: float, fp16_agreement: float, tie_margin: float):
-    from ..export.parity import Thresholds
+    from ..export.parity_refs import Thresholds
     if not (fp32_max_abs_rms >= 0 and tie_margin >= 0 and 0 <= fp32_cosine <= 1 and 0 <= fp16_agreement <= 1):
         raise AvqaError("parity thresholds: tolerances must be >= 0, cosine and agreement within [0, 1]")
     return Thresholds(fp32_max_abs_rms=fp32_max_abs_rms, fp32_cosine=fp32_cosine, fp16_agreement=fp16_agreement,
                       tie_margin=tie_margin)
 
 
-def _build_engines(bundle: Path, workspace_mib: int, timing_cache: Optional[Path]) -> None:
+def _build_engines(bundle: Path, workspace_mib: int, timing_cache: Optional[Path], threads: int = 0) -> None:
     try:
         from ..export.trt_build import build_bundle_engines
     except ImportError as e:
         raise AvqaError(f"the TensorRT engine builder is not available ({e})") from None
-    result = build_bundle_engines(bundle, workspace_mib=workspace_mib, timing_cache=timing_cache, log=typer.echo)
+    result = build_bundle_engines(bundle, workspace_mib=workspace_mib, timing_cache=timing_cache, log=typer.echo,
+                                  threads=threads)
     typer.echo(f"engines recorded in {bundle / 'manifest.json'}: {', '.join(sorted(result['engines']))}")
+    if result.get("parity") is not None:
+        _print_report(result["parity"])
+
+
+def _print_report(report) -> None:
+    from rich.console import Console
+
+    from ..export.parity_refs import cross_table, parity_table
+    console = Console()
+    console.print(parity_table(report))
+    if report.cross:
+        console.print(cross_table(report))
+    for a in report.agreement:
+        typer.echo(f"  answers {a.precision}/{a.scenario}: {a.rate:.2%} agree ({a.questions} questions"
+                   + (f", {len(a.excused)} near ties excused" if a.excused else "") + ")")
+    if report.info.get("trt_vs_ort", "compared") != "compared":
+        typer.echo(f"  {report.info['trt_vs_ort']}")
 
 
 def parity(
     bundle: Annotated[Path, typer.Argument(help="An exported bundle.")],
-    run: Annotated[Optional[Path], typer.Option(help="The PyTorch run (default: the run recorded in the bundle's manifest).")] = None,
+    backend: Annotated[str, typer.Option(help="torch: run PyTorch live (needs torch and the run). ort / trt: torch-free, against the PyTorch references stored in the bundle; trt also compares the engines with ONNX Runtime and records each engine's verdict in the manifest.")] = "torch",
+    precision: Annotated[Optional[str], typer.Option(help="With --backend ort: fp32 or fp16 (default: both); trt: fp16 (the engines' precision).")] = None,
+    run: Annotated[Optional[Path], typer.Option(help="With --backend torch: the PyTorch run (default: the run recorded in the bundle's manifest).")] = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the full report JSON here.")] = None,
     threads: Annotated[int, typer.Option(help="ONNX Runtime threads (0: its default).")] = 0,
     scenario: Annotated[Optional[List[str]], typer.Option(help="Only these scenarios (repeatable): complete, audio_missing, visual_missing, audio_half_missing, visual_half_missing. Default: all.")] = None,
@@ -94,20 +114,36 @@ def parity(
     fp16_agreement: Annotated[float, typer.Option(help="Parity: FP16 minimum answer agreement (0-1).")] = 0.99,
     tie_margin: Annotated[float, typer.Option(help="Parity: an FP32 answer disagreement is excused where PyTorch's top-two probabilities are within this.")] = 1e-4,
 ):
-    """Compare PyTorch with ONNX Runtime on the bundle's calibration set; exit 1 on failure.
+    """Compare a backend with PyTorch on the bundle's calibration set; exit 1 on failure.
 
-    FP32 and FP16 graphs: per-component errors and answer agreement per scenario."""
-    from rich.console import Console
-
-    from ..export.bundle_export import parity_table
-    from ..export.parity import gate, parity_for_bundle
+    Per-component errors and answer agreement per scenario. --backend torch runs PyTorch;
+    ort and trt compare with the references stored at export, without torch."""
+    from ..errors import ConfigError
+    from ..export.parity_refs import gate
+    if backend not in ("torch", "ort", "trt"):
+        raise ConfigError(f"--backend must be torch, ort or trt, got {backend!r}")
+    if backend == "torch" and precision is not None:
+        raise ConfigError("--precision applies to --backend ort | trt (the torch gate checks fp32 and fp16)")
+    if backend != "torch" and run is not None:
+        raise ConfigError("--run applies to --backend torch (ort and trt use the references stored in the bundle)")
     thresholds = _thresholds(fp32_max_abs_rms, fp32_cosine, fp16_agreement, tie_margin)
-    report = parity_for_bundle(bundle, run, thresholds=thresholds, json_path=json_path, threads=threads, log=typer.echo,
-                               scenarios=scenario)
-    Console().print(parity_table(report))
-    for a in report.agreement:
-        typer.echo(f"  answers {a.precision}/{a.scenario}: {a.rate:.2%} agree ({a.questions} questions"
-                   + (f", {len(a.excused)} near ties excused" if a.excused else "") + ")")
-    gate(report, f"report: {bundle / 'parity.md'}")
-    typer.echo(f"parity PASSED; report: {bundle / 'parity.md'}")
-
+    if backend == "torch":
+        from ..export.parity import parity_for_bundle
+        report = parity_for_bundle(bundle, run, thresholds=thresholds, json_path=json_path, threads=threads,
+                                   log=typer.echo, scenarios=scenario)
+    else:
+        from ..export import parity_refs as R
+        from ..runtime import atomic
+        report = R.stored_parity(bundle, backend, [precision] if precision else None, thresholds=thresholds,
+                                 scenarios=scenario, threads=threads, log=typer.echo)
+        manifest = R.record_parity(bundle, report, backend)
+        rec = (manifest["engines"][next(iter(manifest["engines"]))]["parity"] if backend == "trt"
+               else manifest["parity_checks"][f"ort-{'+'.join(report.info['precisions'])}"])
+        report.info["report"] = rec["report"][0] if isinstance(rec["report"], list) else rec["report"]
+        if json_path is not None:
+            json_path.parent.mkdir(parents=True, exist_ok=True)
+            atomic.write_json(json_path, report.to_dict())
+    _print_report(report)
+    where = bundle / report.info["report"]
+    gate(report, f"report: {where}")
+    typer.echo(f"parity PASSED; report: {where}")

@@ -60,6 +60,7 @@ def serve(
     mic: Annotated[str, typer.Option(help="demo, none, default, a device index or name (sounddevice), or a sound file (WAV).")] = "demo",
     demo: Annotated[bool, typer.Option("--demo", help="Both sensors from the demo source (the bundle's calibration clips, replayed in real time).")] = False,
     backend: Annotated[str, typer.Option(help="auto (TensorRT where the bundle has engines and TensorRT imports), trt or ort.")] = "auto",
+    allow_unverified_engines: Annotated[bool, typer.Option("--allow-unverified-engines", help="Serve TensorRT engines that have no passing parity verdict (verify them instead: avqa-edge parity BUNDLE --backend trt).")] = False,
     precision: Annotated[str, typer.Option(help="ONNX Runtime graphs: fp32 or fp16.")] = "fp32",
     threads: Annotated[int, typer.Option(help="ONNX Runtime threads (0: its default).")] = 0,
     method: Annotated[str, typer.Option(help="auto (prompt where the bundle has prompt graphs, else rmm+avr), rmm+avr, or prompt (the prompt set chosen by sensor health; needs a bundle exported with --prompt).")] = "auto",
@@ -103,7 +104,8 @@ def serve(
                           "server beyond this machine: give --token (or AVQA_EDGE_TOKEN)")
     if max_body < 256:
         raise AvqaError("--max-body must be at least 256 bytes")
-    cfg = ServeConfig(camera=camera, mic=mic, backend=backend, precision=precision, threads=threads, method=method,
+    cfg = ServeConfig(camera=camera, mic=mic, backend=backend, allow_unverified_engines=allow_unverified_engines,
+                      precision=precision, threads=threads, method=method,
                       inject=inject or "", thresholds=str(thresholds) if thresholds else None,
                       confidence=str(confidence) if confidence else None, warmup_s=warmup, top_k=top_k,
                       demo_question=ask if "demo" in (camera, mic) else None)
