@@ -306,9 +306,9 @@ def check_paths(bundle_dir: PathLike, manifest: Dict) -> Dict[str, Dict]:
     if not isinstance(files, dict) or not files:
         raise BundleError(f"{Path(bundle_dir) / MANIFEST} lists no files")
     for rel, rec in files.items():
-        inside(bundle_dir, rel, f"files[{rel!r}]")
+        inside(bundle_dir, rel, "files entry")
         if not isinstance(rec, dict) or "sha256" not in rec or "bytes" not in rec:
-            raise BundleError(f"{MANIFEST}: files[{rel!r}] must hold its sha256 and bytes")
+            raise BundleError(f"{MANIFEST}: files entry {rel!r} must hold its sha256 and bytes")
     for rel, what in sorted(referenced_files(manifest).items()):
         inside(bundle_dir, rel, what)
         if PurePosixPath(rel).as_posix() not in files:
