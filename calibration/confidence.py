@@ -21,8 +21,9 @@ before and after.
 Stored as JSON (`ConfidenceCalibration.save`, version 2: `methods` -> mode -> fit), keyed by
 a hash of the bundle's manifest files, so a different bundle is refitted rather than
 trusted; `serve` caches it as $XDG_CACHE_HOME/avqa-edge/<that hash>.confidence.json
-(`cache_path`), never beside the bundle. Version-1 files (`modes` only, written before the prompt method was served) were
-fitted on rmm+avr logits and load as exactly that.
+(`cache_path`), never beside the bundle, which may be read-only. Version-1 files (`modes`
+only, written before the prompt method was served) were fitted on rmm+avr logits and load
+as exactly that.
 """
 import hashlib
 import json

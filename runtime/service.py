@@ -444,9 +444,10 @@ def default_confidence_path(bundle_dir) -> Path:
 def load_confidence(pipeline, calib, path: Optional[str], bundle_dir, log: Callable[[str], None],
                     methods: Sequence[str] = ("rmm+avr",)):
     """The confidence calibration for `methods` (pipeline methods, each in the modes it
-    answers in): from `path` (refused if it lacks one); else the cached file next to the
-    cache (keyed by the bundle's file hashes) if it matches this bundle, with the methods it lacks
-    fitted now and added; else fitted now. Cached when the cache folder is writable."""
+    answers in): from `path` (refused if it lacks one); else the cached file (calibration/
+    confidence.py's cache_path, keyed by the bundle's file hashes) if it matches this bundle,
+    with the methods it lacks fitted now and added; else fitted now. Cached when the cache
+    folder is writable; never written beside the bundle (`bundle_dir` is not used for it)."""
     from avqa_edge.calibration import confidence as C
     manifest = pipeline.bundle.manifest if pipeline.bundle is not None else {}
     needs = {m: C.modes_for(m, pipeline.prompt_cases) for m in methods}

@@ -23,7 +23,12 @@ ROOT = Path(__file__).resolve().parents[1]
 NO_TORCH = ("import sys\n"
             "sys.modules['torch'] = None   # any 'import torch' now fails\n"
             "from avqa_edge.cli import app\n"
-            "app(sys.argv[1:])\n")
+            "try:\n"
+            "    app(sys.argv[1:])\n"
+            "finally:\n"
+            "    bad = [m for m in sys.modules if m.startswith(('avqa_edge.toolkit', 'avqa_edge.export'))]\n"
+            "    print('imported-training-code:', bad, file=sys.stderr, flush=True)\n")
+TORCH_FREE = "imported-training-code: []"
 
 
 def _has(module: str) -> bool:
@@ -269,6 +274,7 @@ def test_read_only_bundle_serves_and_nothing_is_written_beside_it(bundle, tmp_pa
         for p in [ro, *ro.rglob("*")]:
             p.chmod(p.stat().st_mode | 0o200)
     assert res.returncode == 0, res.stderr
+    assert TORCH_FREE in res.stderr
     body = json.loads(res.stdout.strip().splitlines()[-1])
     assert body["answer"] in B.read_manifest(ro)["answers"] and body["mode"] == "complete"
     assert after == before                                           # not a byte beside or inside the bundle
@@ -312,6 +318,7 @@ def test_doctor_healthy_bundle_passes_and_says_what_is_missing(bundle, tmp_path)
     out = tmp_path / "report.md"
     res = _doctor(bundle, "--bench-calls", "2", "--out", out)
     assert res.returncode == 0, res.stdout + res.stderr
+    assert TORCH_FREE in res.stderr
     text = out.read_text()
     assert text.strip() == res.stdout.strip() and "Verdict: **OK**" in text
     assert "| verification | ok |" in text and "| ONNX Runtime | ok |" in text
