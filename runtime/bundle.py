@@ -115,7 +115,7 @@ def read_manifest(bundle_dir: PathLike) -> Dict:
         raise BundleError(f"{path} is not an avqa-edge bundle manifest")
     if manifest.get("format") != FORMAT:
         raise BundleError(f"{path} has bundle format {manifest.get('format')}; this avqa-edge reads format {FORMAT}: "
-                        "re-export the bundle with this version")
+                          "re-export the bundle with this version")
     return manifest
 
 
@@ -154,6 +154,11 @@ def referenced_files(manifest: Dict) -> Dict[str, str]:
     component and prompt graphs, TensorRT engines and the calibration set."""
     refs: Dict[str, str] = {}
 
+    def add(rel, what: str) -> None:
+        if not isinstance(rel, str):
+            raise BundleError(f"{MANIFEST}: {what} is {rel!r}, not a path inside the bundle")
+        refs.setdefault(rel, what)
+
     def graphs(section: str, comps) -> None:
         if not isinstance(comps, dict):
             raise BundleError(f"{MANIFEST}: {section} must be an object of components")
@@ -162,7 +167,7 @@ def referenced_files(manifest: Dict) -> Dict[str, str]:
             if not isinstance(files, dict):
                 raise BundleError(f"{MANIFEST}: {section}.{name}.files must be an object of graph files")
             for precision, rel in files.items():
-                refs.setdefault(rel if isinstance(rel, str) else repr(rel), f"{section}.{name}.files.{precision}")
+                add(rel, f"{section}.{name}.files.{precision}")
 
     graphs("components", manifest.get("components") or {})
     prompts = manifest.get("prompts") or {}
@@ -172,15 +177,14 @@ def referenced_files(manifest: Dict) -> Dict[str, str]:
     if not isinstance(engines, dict):
         raise BundleError(f"{MANIFEST}: engines must be an object")
     for name, rec in engines.items():
-        rel = rec.get("file") if isinstance(rec, dict) else None
-        refs.setdefault(rel if isinstance(rel, str) else repr(rel), f"engines.{name}.file")
+        add(rec.get("file") if isinstance(rec, dict) else None, f"engines.{name}.file")
     if "calibration" in manifest or "model" in manifest:           # every exported bundle has one
         cdir = (manifest.get("calibration") or {}).get("dir", CALIBRATION_DIR)
         if cdir != CALIBRATION_DIR:
             raise BundleError(f"{MANIFEST}: calibration.dir = {cdir!r}; the runtime reads the calibration set "
                               f"from {CALIBRATION_DIR!r}")
         for name in CALIBRATION_FILES:
-            refs.setdefault(f"{CALIBRATION_DIR}/{name}", "calibration")
+            add(f"{CALIBRATION_DIR}/{name}", "calibration")
     return refs
 
 
@@ -209,8 +213,8 @@ def _varint(f: BinaryIO) -> Optional[int]:
 
 
 def _fields(f: BinaryIO, end: int):
-    """(field number, wire type, bytes or None) of the protobuf message in f up to `end`;
-    length-delimited fields other than the wanted ones are skipped by seeking."""
+    """(field number, offset, length) of each length-delimited field of the protobuf message
+    in `f` up to `end`; other fields, and whatever the caller does not read, are skipped by seeking."""
     while f.tell() < end:
         tag = _varint(f)
         if tag is None:
@@ -311,7 +315,7 @@ def check_paths(bundle_dir: PathLike, manifest: Dict) -> Dict[str, Dict]:
             raise BundleError(f"{MANIFEST}: files entry {rel!r} must hold its sha256 and bytes")
     for rel, what in sorted(referenced_files(manifest).items()):
         inside(bundle_dir, rel, what)
-        if PurePosixPath(rel).as_posix() not in files:
+        if rel not in files:
             raise BundleError(f"{MANIFEST}: {what} = {rel!r} is not listed in files (with its SHA-256), so it "
                               "cannot be verified: re-export the bundle")
     return files
@@ -435,5 +439,5 @@ class Bundle:
         engines = self.manifest.get("engines") or {}
         if component not in engines:
             raise BundleError(f"bundle {self.path} has no TensorRT engine for {component}: build them on the device "
-                            f"with `avqa-edge export --trt --from-bundle {self.path}`")
+                              f"with `avqa-edge export --trt --from-bundle {self.path}`")
         return inside(self.path, engines[component]["file"], f"engines.{component}.file")

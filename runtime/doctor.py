@@ -75,7 +75,8 @@ def _cell(text: str) -> str:
 # ---- the system and its accelerators -------------------------------------------------------------
 
 def system_checks() -> List[Check]:
-    return [Check("Python", INFO, f"{platform.python_version()} ({platform.python_implementation()}, {sys.executable})"),
+    python = f"{platform.python_version()} ({platform.python_implementation()}, {sys.executable})"
+    return [Check("Python", INFO, python),
             Check("OS / arch", INFO, f"{platform.platform()} / {platform.machine()}"),
             Check("numpy", INFO, np.__version__),
             Check("device model", INFO, _read("/proc/device-tree/model") or NOT_FOUND)]
@@ -191,11 +192,11 @@ def bundle_checks(bundle_dir: Path) -> Tuple[List[Check], Optional[Dict]]:
     except AvqaError as e:
         return [Check("verification", FAIL, str(e))], None
     files = manifest.get("files") or {}
-    checks = [Check("verification", OK, f"{len(files)} files, {sum(r['bytes'] for r in files.values()) / 2**20:.1f} MiB "
-                                         f"hashed, paths and model config consistent "
-                                         f"({time.perf_counter() - t:.2f} s)"),
-              Check("model", INFO, f"config {manifest.get('config_hash')}, {len(manifest.get('answers') or [])} answers, "
-                                   f"graphs: {', '.join(manifest.get('components') or {})}"),
+    mib = sum(r["bytes"] for r in files.values()) / 2**20
+    answers, graphs = len(manifest.get("answers") or []), ", ".join(manifest.get("components") or {})
+    checks = [Check("verification", OK, f"{len(files)} files ({mib:.1f} MiB) hashed, paths inside the bundle, model "
+                                         f"config consistent ({time.perf_counter() - t:.2f} s)"),
+              Check("model", INFO, f"config {manifest.get('config_hash')}, {answers} answers, graphs: {graphs}"),
               Check("exported", INFO, f"{manifest.get('created')} with "
                                       + ", ".join(f"{k} {v}" for k, v in (manifest.get("versions") or {}).items()))]
     parity = (manifest.get("parity") or {}).get("passed")
@@ -264,8 +265,8 @@ def bench_checks(bundle_dir: Path, backend: str, calls: int = 3, threads: int = 
                     pipe.answer_features(feats, tokens)
                     ms.append((time.perf_counter() - t) * 1e3)
                 runs = sorted(ms[1:])
-                checks.append(Check(f"answer, {label}", OK, f"median {runs[len(runs) // 2]:.1f} ms, min {runs[0]:.1f} ms "
-                                                           f"over {calls} calls (after 1 warm-up)"))
+                checks.append(Check(f"answer, {label}", OK, f"median {runs[len(runs) // 2]:.1f} ms, "
+                                                           f"min {runs[0]:.1f} ms over {calls} calls (after 1 warm-up)"))
     except AvqaError as e:
         checks.append(Check("answer", FAIL, str(e)))
     return checks

@@ -4,7 +4,6 @@
 Each manifest attack a tester tried is refused with a BundleError naming the file or field,
 before anything of the bundle is read. The serving and doctor subprocesses run with torch
 blocked."""
-import hashlib
 import json
 import os
 import re
