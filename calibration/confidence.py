@@ -20,11 +20,14 @@ before and after.
 
 Stored as JSON (`ConfidenceCalibration.save`, version 2: `methods` -> mode -> fit), keyed by
 a hash of the bundle's manifest files, so a different bundle is refitted rather than
-trusted. Version-1 files (`modes` only, written before the prompt method was served) were
-fitted on rmm+avr logits and load as exactly that.
+trusted; `serve` caches it as $XDG_CACHE_HOME/avqa-edge/<that hash>.confidence.json
+(`cache_path`), never beside the bundle, which may be read-only. Version-1 files (`modes`
+only, written before the prompt method was served) were fitted on rmm+avr logits and load
+as exactly that.
 """
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -132,8 +135,10 @@ class ConfidenceCalibration:
         return cls(methods, d.get("bundle_hash", ""), dict(d.get("fitted_with") or {}))
 
     def save(self, path) -> Path:
+        from avqa_edge.runtime.atomic import write_json
         path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, self.to_dict())
         return path
 
     @classmethod
@@ -191,6 +196,18 @@ def bundle_hash(manifest: Dict) -> str:
     """A short hash of the bundle's file hashes (a different bundle -> a different hash)."""
     files = manifest.get("files") or {}
     return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def cache_dir() -> Path:
+    """Where derived files (the fitted calibration) are kept: $XDG_CACHE_HOME/avqa-edge, else
+    ~/.cache/avqa-edge. Never the bundle's folder, which may be read-only."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "avqa-edge"
+
+
+def cache_path(manifest: Dict) -> Path:
+    """The cached confidence calibration of the bundle with this manifest."""
+    return cache_dir() / f"{bundle_hash(manifest)}.confidence.json"
 
 
 def mode_masks(mode: str, t: int, rng: np.random.Generator) -> List[Tuple[np.ndarray, np.ndarray]]:

@@ -340,7 +340,8 @@ def read_bundle(bundle_dir: Path) -> Dict[str, Any]:
     """
     manifest = bundle_io.read_manifest(bundle_dir)
     stale = set(_engine_files(manifest))
-    check = dict(manifest, files={rel: rec for rel, rec in (manifest.get("files") or {}).items() if rel not in stale})
+    check = dict(manifest, engines={},
+                 files={rel: rec for rel, rec in (manifest.get("files") or {}).items() if rel not in stale})
     bundle_io.verify_bundle(bundle_dir, check)
     if not isinstance(manifest.get("components"), dict) or not manifest["components"]:
         raise AvqaError(f"{bundle_dir / bundle_io.MANIFEST} lists no components; re-export the bundle.")

@@ -44,7 +44,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from avqa_edge.calibration.confidence import MODE_CASE
-from avqa_edge.errors import AvqaError, QuestionError
+from avqa_edge.errors import AvqaError, QuestionError, SensorError
 
 from . import signal as sig
 from .clock import RealClock
@@ -52,7 +52,7 @@ from .health import SENSORS, CameraChecker, HealthMonitor, HealthThresholds, Mic
 from .inject import FaultSchedule, FaultySource, parse_faults
 from .redact import redact
 from .sensors import SensorLink, Sensors
-from .sources import DemoReel, camera_factory, mic_factory
+from .sources import DemoReel, camera_factory, check_opens, mic_factory
 from .text import LONE_SURROGATE, tokenize
 from .window import Window, WindowData, masks_text
 
@@ -87,7 +87,8 @@ class ServeConfig:
     threads: int = 0                     # ONNX Runtime intra-op threads (0: its default)
     inject: str = ""                     # e.g. "camera:off@15s,mic:silence@25s-30s"
     thresholds: Optional[str] = None     # health thresholds JSON (default: fitted on the calibration set)
-    confidence: Optional[str] = None     # confidence calibration JSON (default: next to the bundle, fitted if absent)
+    confidence: Optional[str] = None     # confidence calibration JSON (default: the cache, fitted if absent)
+    strict: bool = False                 # refuse to start when a given sensor cannot be opened
     warmup_s: float = float(T)           # answer once this much of the window is recorded
     top_k: int = 3
     workers: int = 1                     # concurrent inferences
@@ -430,11 +431,12 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 
 # ---- building a service -------------------------------------------------------------------------
 
-def open_pipeline(bundle_dir, backend: str = "auto", precision: str = "fp32", threads: int = 0,
+def open_pipeline(bundle_dir, backend: str = "auto", precision: str = "fp32", threads: int = 0, verify: bool = True,
                   allow_unverified_engines: bool = False, log: Callable[[str], None] = lambda *_: None):
     """Pipeline.from_bundle with `auto`: TensorRT where the bundle has engines and TensorRT
-    imports, else ONNX Runtime. TensorRT engines without a passing parity verdict are
-    refused unless `allow_unverified_engines` (then a warning goes to `log`)."""
+    imports, else ONNX Runtime. `verify`: False when the caller verified the bundle already.
+    TensorRT engines without a passing parity verdict are refused unless
+    `allow_unverified_engines` (then a warning goes to `log`)."""
     from .bundle import Bundle, read_manifest
     from .pipeline import Pipeline
     if backend not in ("auto", "trt", "ort"):
@@ -449,23 +451,28 @@ def open_pipeline(bundle_dir, backend: str = "auto", precision: str = "fp32", th
                 pass
     if backend == "trt":
         from .trt import check_engine_verdicts
-        bundle = Bundle.open(bundle_dir, verify=False)     # Pipeline.from_bundle verifies every file next
+        bundle = Bundle.open(bundle_dir, verify=verify)
         check_engine_verdicts(bundle.manifest, bundle.graphs, bundle_dir, allow_unverified_engines, warn=log)
-    return Pipeline.from_bundle(bundle_dir, backend=backend, precision=precision, threads=threads)
+        verify = False                                     # just verified (or the caller did)
+    return Pipeline.from_bundle(bundle_dir, backend=backend, precision=precision, threads=threads, verify=verify)
 
 
 def default_confidence_path(bundle_dir) -> Path:
-    """<bundle>.confidence.json next to the bundle directory (the bundle itself stays as exported)."""
-    b = Path(bundle_dir).resolve()
-    return b.parent / f"{b.name}.confidence.json"
+    """The bundle's cached confidence calibration (calibration/confidence.py's cache_path):
+    never beside or inside the bundle, which may be read-only."""
+    from avqa_edge.calibration.confidence import cache_path
+
+    from .bundle import read_manifest
+    return cache_path(read_manifest(bundle_dir))
 
 
 def load_confidence(pipeline, calib, path: Optional[str], bundle_dir, log: Callable[[str], None],
                     methods: Sequence[str] = ("rmm+avr",)):
     """The confidence calibration for `methods` (pipeline methods, each in the modes it
-    answers in): from `path` (refused if it lacks one); else the cached file next to the
-    bundle if it matches this bundle, with the methods it lacks fitted now and added; else
-    fitted now. Cached next to the bundle when writable."""
+    answers in): from `path` (refused if it lacks one); else the cached file (calibration/
+    confidence.py's cache_path, keyed by the bundle's file hashes) if it matches this bundle,
+    with the methods it lacks fitted now and added; else fitted now. Cached when the cache
+    folder is writable; never written beside the bundle (`bundle_dir` is not used for it)."""
     from avqa_edge.calibration import confidence as C
     manifest = pipeline.bundle.manifest if pipeline.bundle is not None else {}
     needs = {m: C.modes_for(m, pipeline.prompt_cases) for m in methods}
@@ -480,7 +487,7 @@ def load_confidence(pipeline, calib, path: Optional[str], bundle_dir, log: Calla
                             "was served hold rmm+avr only): drop --confidence to fit it at startup, or serve with "
                             "--method rmm+avr")
         return cal
-    cache = default_confidence_path(bundle_dir)
+    cache = C.cache_path(manifest)
     cal = None
     if cache.is_file():
         try:
@@ -502,8 +509,8 @@ def load_confidence(pipeline, calib, path: Optional[str], bundle_dir, log: Calla
     try:
         cal.save(cache)
         log(f"  saved {cache}")
-    except OSError:
-        pass
+    except OSError as e:
+        log(f"  note: could not cache it ({e}); it is fitted again at the next start")
     return cal
 
 
@@ -521,8 +528,8 @@ def build_service(bundle_dir, cfg: ServeConfig, log: Callable[[str], None] = lam
         raise AvqaError("--warmup must be positive")
     if cfg.camera == "none" and cfg.mic == "none":
         raise AvqaError("give at least one sensor: --camera and --mic are both 'none'")
-    from .bundle import read_manifest
-    read_manifest(bundle_dir)                                          # a clear error for a wrong path
+    from .bundle import Bundle
+    Bundle.open(bundle_dir, verify=True)                               # trust first: nothing read before it
     clock = clock or RealClock()
     calib = CalibrationSet.load(Path(bundle_dir) / "calibration")
     truths = calib.truths(cfg.demo_question) if cfg.demo_question else None
@@ -531,8 +538,17 @@ def build_service(bundle_dir, cfg: ServeConfig, log: Callable[[str], None] = lam
         order = sorted(truths) + [c for c in range(calib.n_clips) if c not in truths]
     reel = DemoReel(calib.frames, calib.audio, start=0.0, clips=order)   # started below
     factories = {"camera": camera_factory(cfg.camera, clock, reel), "mic": mic_factory(cfg.mic, clock, reel)}
+    for sensor, spec in (("camera", cfg.camera), ("mic", cfg.mic)):
+        if factories[sensor] is not None and spec != "demo":
+            try:
+                check_opens(factories[sensor], sensor)
+            except SensorError as e:
+                if cfg.strict:
+                    raise SensorError(f"{e}. --strict: not starting without it") from None
+                log(f"WARNING: {e}. Serving without the {sensor} until it opens (retried with backoff); "
+                    "--strict refuses to start instead")
     thresholds = HealthThresholds.load(cfg.thresholds) if cfg.thresholds else fit_from_calibset(calib.frames, calib.audio)
-    pipeline = open_pipeline(bundle_dir, cfg.backend, cfg.precision, cfg.threads,
+    pipeline = open_pipeline(bundle_dir, cfg.backend, cfg.precision, cfg.threads, verify=False,
                              allow_unverified_engines=cfg.allow_unverified_engines, log=log)
     try:
         method = resolve_method(pipeline, cfg.method)

@@ -18,12 +18,13 @@ imported only when a source that needs them is made.
 import math
 import os
 import queue
+import threading
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from avqa_edge.errors import AvqaError
+from avqa_edge.errors import AvqaError, SensorError
 
 from . import signal as sig
 from .redact import redact
@@ -558,6 +559,38 @@ def mic_factory(spec: str, clock, reel: Optional[DemoReel] = None) -> Optional[S
         raise AvqaError(f"--mic {spec!r}: file not found")
     _sounddevice()
     return lambda: SoundDeviceMic(spec, clock)
+
+
+def check_opens(factory: SourceFactory, sensor: str, timeout_s: float = 5.0) -> str:
+    """Open a fresh source from `factory`, read one item and close it. -> its description.
+
+    SensorError (what failed, on one line) when it cannot be opened or read within `timeout_s`;
+    the attempt runs in its own thread, so a hung device cannot block the caller."""
+    src = factory()
+    result: List = []
+    stage = ["open"]
+
+    def attempt() -> None:
+        try:
+            src.open()
+            stage[0] = "read"
+            try:
+                src.read()
+            finally:
+                src.close()
+            result.append(None)
+        except Exception as e:                                          # SourceError or a backend bug
+            result.append(e)
+
+    t = threading.Thread(target=attempt, name=f"avqa-check-{sensor}", daemon=True)
+    t.start()
+    t.join(timeout_s)
+    if not result:
+        raise SensorError(f"{sensor}: {src.description} did not {stage[0]} within {timeout_s:g} s (hung device?)")
+    if result[0] is not None:
+        what = "" if stage[0] == "open" else f"{src.description} opened, but its first read failed: "
+        raise SensorError(f"{sensor}: {what}{result[0]}")
+    return src.description
 
 
 def list_devices() -> str:

@@ -1,4 +1,16 @@
+import os
+import shutil
+import tempfile
+
 import pytest
+
+
+def pytest_configure(config):
+    """Derived files (serve's cached confidence calibration, $XDG_CACHE_HOME/avqa-edge) go to a
+    folder of this test run, for the test process and the servers it starts, not to ~/.cache."""
+    cache = tempfile.mkdtemp(prefix="avqa-edge-test-cache-")
+    os.environ["XDG_CACHE_HOME"] = cache
+    config.add_cleanup(lambda: shutil.rmtree(cache, ignore_errors=True))
 
 
 @pytest.fixture(scope="session")

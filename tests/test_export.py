@@ -443,6 +443,12 @@ def test_a_bundle_without_a_video_expert_still_loads_and_answers(exported, tmp_p
     for rel in manifest["components"].pop("video_expert")["files"].values():
         (bundle / rel).unlink()
     manifest["model"]["video_expert"] = False
+    manifest["config_hash"] = B.config_hash(manifest["model"])   # and its graphs carry that config's hash
+    for comp in manifest["components"].values():
+        for rel in comp["files"].values():
+            proto = onnx.load(str(bundle / rel))
+            OX.add_metadata(proto, {"avqa_edge.config_hash": manifest["config_hash"]})
+            onnx.save(proto, str(bundle / rel))
     B.write_manifest(bundle, manifest)
     assert B.Bundle.open(bundle).graphs == C.COMPONENTS
     calib = calibset.CalibrationSet.load(bundle / "calibration")

@@ -205,7 +205,7 @@ def test_confidence_is_fitted_per_method_and_old_files_load(bundles, tmp_path):
         assert load_confidence(pipe, calib, str(old), prompted, methods=["rmm+avr"], **QUIET).methods == loaded.methods
         with pytest.raises(AvqaError, match=r"no confidence calibration for prompt_oracle/complete.*--method rmm\+avr"):
             load_confidence(pipe, calib, str(old), prompted, methods=["prompt_oracle"], **QUIET)
-        # ... and as the cache next to the bundle it is kept, with the prompt method fitted and added
+        # ... and as the cache ($XDG_CACHE_HOME/avqa-edge) it is kept, with the prompt method fitted and added
         cache = default_confidence_path(prompted)
         v1["modes"]["complete"]["temperature"] = 1.2345                       # a mark: kept, not refitted
         cache.write_text(json.dumps(v1))

@@ -5,7 +5,7 @@ import sys
 
 import typer
 
-from . import bench, data, evaluation, export, sensors, serve, train
+from . import bench, data, doctor, evaluation, export, sensors, serve, train
 from ._common import clean_errors
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -22,6 +22,7 @@ COMMANDS = (
     ("serve", serve.serve),
     ("calibrate", sensors.calibrate),
     ("faults", sensors.faults),
+    ("doctor", doctor.doctor),
 )
 for _name, _fn in COMMANDS:
     app.command(_name)(clean_errors(_fn))

@@ -75,7 +75,8 @@ def serve(
     duration: Annotated[Optional[float], typer.Option(help="Stop after this many seconds.")] = None,
     warmup: Annotated[float, typer.Option(help="Answer once this many seconds of the 10-second window are recorded (earlier segments count as absent).")] = 10.0,
     thresholds: Annotated[Optional[Path], typer.Option(help="Health thresholds from `avqa-edge calibrate` (default: fitted on the bundle's calibration set).")] = None,
-    confidence: Annotated[Optional[Path], typer.Option(help="Per-mode confidence calibration JSON (default: BUNDLE.confidence.json next to the bundle, fitted if missing).")] = None,
+    confidence: Annotated[Optional[Path], typer.Option(help="Per-mode confidence calibration JSON (default: fitted at the first start and cached in $XDG_CACHE_HOME/avqa-edge/, never beside the bundle).")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Refuse to start (exit 1) when a given --camera / --mic cannot be opened, instead of serving without it.")] = False,
     top_k: Annotated[int, typer.Option(help="Answers listed with their probabilities.")] = 3,
     json_out: Annotated[bool, typer.Option("--json", help="With --ask / --stdin: print each answer as one JSON line.")] = False,
     max_body: Annotated[int, typer.Option(help="HTTP request body limit, bytes.")] = 16384,
@@ -107,7 +108,7 @@ def serve(
     cfg = ServeConfig(camera=camera, mic=mic, backend=backend, allow_unverified_engines=allow_unverified_engines,
                       precision=precision, threads=threads, method=method,
                       inject=inject or "", thresholds=str(thresholds) if thresholds else None,
-                      confidence=str(confidence) if confidence else None, warmup_s=warmup, top_k=top_k,
+                      confidence=str(confidence) if confidence else None, strict=strict, warmup_s=warmup, top_k=top_k,
                       demo_question=ask if "demo" in (camera, mic) else None)
     svc = build_service(bundle, cfg, log=_err)
     _err(redact(f"serving {bundle} with {svc.pipeline.name}, method {svc.method_text()}; "
