@@ -1,1 +1,1 @@
-"""ONNX export, FP16 conversion, TensorRT engine build, parity, bundle (issue 3)."""
+"""ONNX export, FP16 conversion, TensorRT engine build, parity, bundle."""

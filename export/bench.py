@@ -1,5 +1,4 @@
-"""`avqa-edge bench BUNDLE`: latency and memory, PyTorch eager vs ONNX Runtime (vs TensorRT)
-(issue 3, section 4).
+"""`avqa-edge bench BUNDLE`: latency and memory, PyTorch eager vs ONNX Runtime (vs TensorRT).
 
 Batch 1, one question about one 10-segment clip, inputs from the bundle's calibration set
 (real clips). Every backend runs in its own process (export/bench_worker.py), one after the
@@ -45,7 +44,7 @@ from avqa_edge.runtime.bundle import PRECISIONS, Bundle
 from .bench_worker import METHOD, MODES
 
 Log = Callable[[str], None]
-GOAL, STRETCH = 2.0, 3.0          # issue 3: ORT end to end >= 2x PyTorch eager in each mode (3x the goal)
+GOAL, STRETCH = 2.0, 3.0          # ORT end to end >= 2x PyTorch eager in each mode (3x: stretch)
 MODE_TEXT = {"complete": "complete (both sensors)", "audio_pseudo": "audio pseudo (no audio: RMM + AVR)",
              "visual_pseudo": "visual pseudo (no video: RMM + AVR)"}
 BACKEND_TEXT = {"pytorch": "PyTorch eager", "ort": "ONNX Runtime", "trt": "TensorRT"}
@@ -69,7 +68,7 @@ DEFINITIONS = {
     "pytorch rmm": "PyTorch's model.fill calls model.pseudo, which computes both pseudo features (also in the "
                    "complete mode); the runtime runs only the RMM graph of the absent sensor",
     "memory": "per backend process: VmRSS after imports, after loading the model / sessions, and the peak (VmHWM); "
-              "the ORT process also holds the single-step denoiser session of the AVR comparison (< 1 MB)",
+              "the ORT process also holds the single-step denoiser graph of the AVR comparison (< 1 MB)",
     "avr_steps": "ORT: the bundle's unrolled S-step graph vs S calls of a single-step denoiser graph (x, t -> eps) "
                  "with the DDIM update in numpy; PyTorch: the same reverse() loop in eager mode",
 }
@@ -324,12 +323,12 @@ def assemble(results: Dict[str, Dict], meta: Dict) -> Dict:
 
 
 def parse_ort_config(items: Optional[List[str]]) -> Dict[str, str]:
-    """["session.intra_op.allow_spinning=0", ...] -> {key: value}."""
+    """["KEY=VALUE", ...] -> {key: value}."""
     out = {}
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip() or not value.strip():
-            raise AvqaError(f"--ort-config takes KEY=VALUE (an ONNX Runtime session config entry), got {item!r}")
+            raise AvqaError(f"--ort-config takes KEY=VALUE (an ONNX Runtime config entry), got {item!r}")
         out[key.strip()] = value.strip()
     return out
 
@@ -340,7 +339,7 @@ def run_bench(bundle_dir, run_dir=None, threads: int = 0, iters: int = 200, warm
     """Measure PyTorch eager, ONNX Runtime (and TensorRT where the bundle has engines), each
     in its own process; write the JSON report to `json_path` if given. -> the report.
 
-    ort_config: extra ONNX Runtime session config entries for the ORT process (default none:
+    ort_config: extra ONNX Runtime config entries for the ORT process (default none:
     the runtime's own OrtRunner options), to try an option before changing the runtime."""
     threads = threads or default_threads()
     validate_arguments(threads, iters, warmup, precision, clips)
@@ -572,7 +571,7 @@ def summary_lines(report: Dict) -> List[str]:
                      + ", ".join(f"{m} {v:.0%}" for m, v in modes.items()))
     lines += [f"note: {n}" for n in report.get("notes", [])]
     if report.get("ort_config"):
-        lines.append(f"ORT session config entries added for this run: {report['ort_config']}")
+        lines.append(f"ONNX Runtime config entries added for this run: {report['ort_config']}")
     mach, la = report["machine"], report["load_average"]
     lines.append(f"machine: {mach.get('cpu_model')}, {mach.get('usable_cores')} usable core(s) of "
                  f"{mach.get('logical_cores')}; load average (1/5/15 min) {la['start']} before, {la['end']} after. "

@@ -12,7 +12,7 @@ RESULT.json. All times are wall-clock milliseconds per call, batch 1.
 What is timed:
 - components: each graph alone on its calibration feed (PyTorch: the export wrapper of
   `export/components.py` under `torch.inference_mode`; ORT / TensorRT: `runner.infer`, the
-  call the pipeline makes, and for ORT also the bare `session.run`, to show the runner's
+  call the pipeline makes, and for ORT also the bare `InferenceSession.run`, to show the runner's
   input checks);
 - end to end, per mode: raw frames uint8 + audio float32 + question tokens -> the answer.
   ORT / TensorRT: `runtime.pipeline.Pipeline.answer(..., method="rmm+avr")`, what the runtime
@@ -248,17 +248,17 @@ def _check_answer_is_forward(model, answer, spec: Dict, feeds: Dict[str, np.ndar
 
 def _session_options(runner) -> Dict:
     try:
-        so = runner.session.get_session_options()
+        so = runner.ort_session.get_session_options()
         return {"graph_optimization_level": str(so.graph_optimization_level), "execution_mode": str(so.execution_mode),
                 "intra_op_num_threads": so.intra_op_num_threads, "inter_op_num_threads": so.inter_op_num_threads,
-                "providers": runner.session.get_providers()}
+                "providers": runner.ort_session.get_providers()}
     except AttributeError:
         return {}
 
 
 def ConfiguredOrtRunner(path, config: Dict[str, str], threads: int, name: str):
-    """runtime.runners.OrtRunner with extra ONNX Runtime session config entries (`--ort-config`,
-    e.g. session.intra_op.allow_spinning=1), to try an option before changing the runtime."""
+    """runtime.runners.OrtRunner with extra ONNX Runtime config entries (`--ort-config`,
+    e.g. runtime.runners.SPIN_KEY=1), to try an option before changing the runtime."""
     from avqa_edge.runtime.runners import OrtRunner
     return OrtRunner(path, threads=threads, name=name, session_config=config)
 
@@ -372,7 +372,7 @@ def _graph_components(pipe, spec: Dict, feeds: Dict[str, np.ndarray]) -> Dict:
         fs = [component_feed(feeds, comp, names, k) for k in range(k_in)]
         comps[comp] = {"infer": stats(measure(lambda k, r=runner, fs=fs: r.infer(fs[k]), k_in, warm, iters))}
         if backend == "ort":
-            sess = runner.session
+            sess = runner.ort_session
             comps[comp]["session_run"] = stats(measure(lambda k, s=sess, fs=fs: s.run(None, fs[k]), k_in, warm, iters))
         log(f"  {backend} {comp:<11} p50 {comps[comp]['infer']['p50']:8.3f} ms")
     return comps

@@ -49,7 +49,7 @@ def _size(n: int) -> str:
 
 
 def validate_arguments(run_dir: Path, out_dir: Path, overwrite: bool, exporter: str, calib_clips: int) -> None:
-    """Reject impossible requests before any work (STYLE.md habit 7)."""
+    """Reject impossible requests before any work."""
     if not run_dir.is_dir():
         raise AvqaError(f"run directory {run_dir} not found")
     for name in ("config.json", "model.safetensors"):

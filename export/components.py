@@ -22,7 +22,7 @@ The AVR graph concatenates the pair, runs the S DDIM reverse steps of
 segments (the PyTorch model skips segments with both parts known, an exact shortcut: the
 reverse process returns them unchanged), and splits the result. The reverse process's
 fixed noise (`model.avr_noise`, seed 1234) is baked into the graph as a constant, so the
-graph is deterministic given its inputs (no random op, DEPLOY.md).
+graph is deterministic given its inputs (no random op: TensorRT ignores their seed).
 """
 from collections import OrderedDict
 from dataclasses import dataclass

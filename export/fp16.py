@@ -1,5 +1,5 @@
 """FP16 variants of the exported graphs: what TensorRT 10/11 strongly typed networks need
-(DEPLOY.md: FP16 must be in the ONNX, with I/O and numerically sensitive ops in FP32).
+(docs/export.md: FP16 must be in the ONNX, with I/O and numerically sensitive ops in FP32).
 
 A small explicit pass over the graph:
 - a node whose op is not block-listed computes in float16: its float32 inputs are cast
@@ -29,7 +29,7 @@ from avqa_edge.errors import AvqaError
 FLOAT, HALF = TensorProto.FLOAT, TensorProto.FLOAT16
 FP16_MAX = 65504.0
 
-# Numerically sensitive ops that stay float32 (DEPLOY.md's list, plus what the graphs hold).
+# Numerically sensitive ops that stay float32 (TensorRT's advice, plus what the graphs hold).
 BLOCK_OPS: Tuple[str, ...] = (
     "LayerNormalization", "BatchNormalization", "InstanceNormalization", "GroupNormalization",
     "Softmax", "LogSoftmax",

@@ -16,7 +16,7 @@ every other tensor keep their names (the last node of each expansion writes the 
 the new nodes' names hold DECOMPOSED_TAG, for pinning them to FP32 in a TensorRT build.
 
 `trt_parse_issues(model, "8.5.2")` lists what a TensorRT version's ONNX parser cannot read:
-LayerNormalization before 8.6; STFT, DFT and MelWeightMatrix on every version (DEPLOY.md:
+LayerNormalization before 8.6; STFT, DFT and MelWeightMatrix on every version (docs/export.md:
 8.x and 10.3 cannot parse STFT, DFT and MelWeightMatrix are unsupported everywhere); an
 opset above 17 before TensorRT 10.
 """
@@ -299,13 +299,13 @@ def max_abs_diff(original: onnx.ModelProto, rewritten: onnx.ModelProto, feeds: S
     decomposed pattern back into LayerNormalization, which would hide the rewrite's numerics)."""
     import onnxruntime as ort
 
-    def session(m: onnx.ModelProto):
+    def open_graph(m: onnx.ModelProto):
         so = ort.SessionOptions()
         so.log_severity_level = 3
         if not optimize:
             so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         return ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    a, b = session(original), session(rewritten)
+    a, b = open_graph(original), open_graph(rewritten)
     names = [o.name for o in a.get_outputs()]
     if names != [o.name for o in b.get_outputs()]:
         raise AvqaError(f"outputs differ: {names} vs {[o.name for o in b.get_outputs()]}")

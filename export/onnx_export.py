@@ -3,7 +3,7 @@ artifact, each checked.
 
 Opset 17 is the target: the newest that TensorRT 8.5 / 8.6 (JetPack 5 / 6.0) parse. The
 dynamo exporter (torch >= 2.9's default) builds at opset 18 and converts down; when that
-conversion fails it silently writes 18 (DEPLOY.md; seen here with ReduceMean in the audio
+conversion fails it silently writes 18 (seen here with ReduceMean in the audio
 encoder, AVR and backbone). So every graph is exported with dynamo first and the opset
 actually written is read back; if it is not the target, the graph is exported again with
 the TorchScript exporter (`dynamo=False`), which writes 17 directly. Which exporter made
@@ -167,7 +167,7 @@ def export_component(model, component: str, path: Path, opset: int = OPSET, expo
                     seconds=round(time.perf_counter() - t0, 3), opset=opset, exporter=used, nodes=len(proto.graph.node))
 
 
-# One function per artifact (the exporter habit of STYLE.md); each returns its Artifact.
+# One function per artifact; each returns its Artifact.
 def export_visual_encoder(model, path: Path, **kw) -> Artifact:
     """frames uint8 (1, T, F, H, W, 3) -> v (1, T, C, H', W')."""
     return export_component(model, "visual", path, **kw)

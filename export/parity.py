@@ -1,4 +1,4 @@
-"""The parity gate: PyTorch vs ONNX Runtime on the FP32 and the FP16 graphs (issue 3, section 2).
+"""The parity gate: PyTorch vs ONNX Runtime on the FP32 and the FP16 graphs.
 
 Two levels, both on the bundle's calibration set:
 - per component and output: max / mean absolute error, the max error relative to the RMS of

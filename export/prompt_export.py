@@ -1,4 +1,4 @@
-"""The prompt method in the bundle (issue 5): two backbone graph variants with the trained
+"""The prompt method in the bundle (docs/prompts.md): two backbone graph variants with the trained
 prompt bank baked in as constants, their FP16 variants, and the same parity gate.
 
 | graph                 | inputs                                      | outputs               |

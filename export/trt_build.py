@@ -5,7 +5,7 @@ This module runs where the engines will run - a Jetson (JetPack 5: Python 3.8, T
 and avqa_edge.runtime.trt (numpy); tensorrt (and pycuda, for the fingerprint) are imported
 inside the functions that need them.
 
-Two build routes, chosen by the installed TensorRT version (../shared/reference/DEPLOY.md):
+Two build routes, chosen by the installed TensorRT version (docs/export.md):
 
 | TensorRT                         | route            | ONNX graph | FP16 comes from                  |
 |----------------------------------|------------------|------------|----------------------------------|

@@ -15,7 +15,7 @@ The numpy counterpart of `AVQAModel.forward(batch, mask_a, mask_v, method)` at b
    video is absent in every segment and the audio is not (`AVQAModel.answer`), for every
    fill method.
 
-Prompt methods (issue 5), when the bundle holds a prompt run's graphs (manifest `prompts`):
+Prompt methods (docs/prompts.md), when the bundle holds a prompt run's graphs (manifest `prompts`):
 absent segments stay zero (no RMM / AVR) and a backbone graph with the prompts baked in
 answers: `prompt_all` (every prompt set; the case is unknown) or `prompt_oracle` (one set:
 the `case` passed in, e.g. from a health monitor that knows a sensor is noisy; without it,

@@ -19,6 +19,9 @@ import numpy as np
 
 from avqa_edge.errors import AvqaError
 
+# ONNX Runtime's config key (onnxruntime_session_options_config_keys.h) for busy-waiting intra-op threads
+SPIN_KEY = "session.intra_op.allow_spinning"
+
 Spec = Dict[str, Tuple[Tuple[int, ...], np.dtype]]
 
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
@@ -106,8 +109,8 @@ class Runner:
 
 class OrtRunner(Runner):
     """ONNX Runtime runner. threads: intra-op threads (0 = ONNX Runtime's default);
-    providers: execution providers (default CPU only); session_config: extra session config
-    entries (e.g. {"session.intra_op.allow_spinning": "1"}), applied last."""
+    providers: execution providers (default CPU only); session_config: extra ONNX Runtime config
+    entries (e.g. {SPIN_KEY: "1"}), applied last."""
 
     def __init__(self, path, threads: int = 0, providers: Optional[Sequence] = None, name: Optional[str] = None,
                  session_config: Optional[Dict[str, str]] = None):
@@ -116,14 +119,14 @@ class OrtRunner(Runner):
         self.threads = int(threads)
         self.providers = list(providers) if providers else ["CPUExecutionProvider"]
         self.session_config = dict(session_config or {})
-        self.session = None
+        self.ort_session = None
 
     def activate(self) -> None:
         try:
             import onnxruntime as ort
         except ImportError:
             raise AvqaError("onnxruntime is not installed: pip install onnxruntime "
-                            "(or 'avqa-edge[export]')") from None
+                            "(or 'avqa-edge[runtime]'; on Jetson NVIDIA's onnxruntime-gpu wheel, docs/export.md)") from None
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = self.threads
         opts.inter_op_num_threads = 1
@@ -131,21 +134,21 @@ class OrtRunner(Runner):
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL   # AVR 2x slower below it
         if self.threads != 1:
             # a pipeline holds seven sessions, each with its own pool: idle workers that spin
-            # take the core the next session needs (measured on 2 cores: 4-8x slower)
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            # take the core the next graph needs (measured on 2 cores: 4-8x slower)
+            opts.add_session_config_entry(SPIN_KEY, "0")
         for key, value in self.session_config.items():
             opts.add_session_config_entry(key, value)
         opts.log_severity_level = 3          # errors only (FP16 graphs log constant-folding notes)
         try:
-            self.session = ort.InferenceSession(self.path, opts, providers=self.providers)
+            self.ort_session = ort.InferenceSession(self.path, opts, providers=self.providers)
         except Exception as e:               # onnxruntime raises its own exception types
             raise AvqaError(f"{self.name}: ONNX Runtime could not load {self.path}: {e}") from None
         self._spec = {i.name: (tuple(d if isinstance(d, int) else -1 for d in i.shape), np.dtype(_ORT_TYPES[i.type]))
-                      for i in self.session.get_inputs()}
-        self._outs = [o.name for o in self.session.get_outputs()]
+                      for i in self.ort_session.get_inputs()}
+        self._outs = [o.name for o in self.ort_session.get_outputs()]
 
     def deactivate(self) -> None:
-        self.session = None
+        self.ort_session = None
 
     def _input_spec(self) -> Spec:
         return dict(self._spec)
@@ -156,8 +159,8 @@ class OrtRunner(Runner):
     def metadata(self) -> Dict[str, str]:
         """The graph's metadata_props (component, config hash, precision, ...)."""
         self._require_active()
-        return dict(self.session.get_modelmeta().custom_metadata_map)
+        return dict(self.ort_session.get_modelmeta().custom_metadata_map)
 
     def _infer(self, feed: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-        outs = self.session.run(self._outs, feed)
+        outs = self.ort_session.run(self._outs, feed)
         return dict(zip(self._outs, outs))

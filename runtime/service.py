@@ -14,7 +14,7 @@ missed. The mode names what the answer rests on:
 (If both sensors lost some segments, the mode names the one that lost more; ties go to a
 failed sensor.)
 
-The method (`ServeConfig.method`): `rmm+avr` as above, or `prompt` (issue 5, a bundle
+The method (`ServeConfig.method`): `rmm+avr` as above, or `prompt` (docs/prompts.md; a bundle
 exported with `--prompt`): absent segments stay zero-filled and the backbone answers with
 the prompt set the mode names (MODE_CASE: complete -> `complete`, visual_pseudo -> `visual`,
 audio_pseudo -> `audio`; `prompt_oracle` told the case by the health state). A mode whose

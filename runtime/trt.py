@@ -4,7 +4,7 @@ One runtime path serves TensorRT 8.5 / 8.6, 10.x and 11.x: the named-tensor API
 (`num_io_tensors`, `get_tensor_name`, `set_input_shape`, `set_tensor_address`) and
 `execute_async_v3` exist from 8.5 on; only the engine *build* differs between versions
 (export/trt_build.py). Device memory lives behind one small class, `DeviceBuffers` (pycuda:
-DEPLOY.md "Keep device memory behind one small class").
+docs/export.md: device memory stays behind one small class).
 
 An engine only runs on the GPU model and TensorRT version it was built with, so the bundle
 records a fingerprint next to each engine and the runner refuses a mismatch before it

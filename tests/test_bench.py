@@ -1,4 +1,4 @@
-"""`avqa-edge bench` (issue 3, section 4) on the tiny run's bundle, with very few iterations:
+"""`avqa-edge bench` on the tiny run's bundle, with very few iterations:
 the JSON holds every mode and component for PyTorch and ONNX Runtime, consistent statistics
 and ratios, memory measured in separate processes, the AVR unrolled-vs-step-calls comparison;
 errors are clean."""
@@ -134,14 +134,14 @@ def test_missing_bundle_and_bad_options_are_clean_errors(tmp_path, bundle):
 
 
 def test_configured_ort_runner_adds_session_entries(bundle):
-    """--ort-config: the runtime's runner with extra session config entries, same outputs."""
-    from avqa_edge.runtime.runners import OrtRunner
+    """--ort-config: the runtime's runner with extra ONNX Runtime config entries, same outputs."""
+    from avqa_edge.runtime.runners import SPIN_KEY, OrtRunner
     path = bundle / "onnx" / "question.onnx"
-    r = W.ConfiguredOrtRunner(path, {"session.intra_op.allow_spinning": "0"}, threads=1, name="question")
+    r = W.ConfiguredOrtRunner(path, {SPIN_KEY: "0"}, threads=1, name="question")
     with r, OrtRunner(path, threads=1) as plain:
         tokens = np.zeros(plain.input_spec()["tokens"][0], np.int64)
         tokens[0, :3] = 1
-        assert r.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+        assert r.ort_session.get_session_options().get_session_config_entry(SPIN_KEY) == "0"
         assert np.array_equal(r.infer({"tokens": tokens})["q"], plain.infer({"tokens": tokens})["q"])
     assert BN.parse_ort_config(["a.b=1", " c = 2 "]) == {"a.b": "1", "c": "2"}
 

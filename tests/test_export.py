@@ -1,4 +1,4 @@
-"""Export bundle (issue 3, sections 1-2): the seven graphs (eight: the tiny run has a video
+"""Export bundle: the seven graphs (eight: the tiny run has a video
 expert, as the edge preset does) and their FP16 variants, the AVR
 graph's reverse steps, the calibration set, the manifest's hashes, the parity gate, the
 torch-free runtime and the CLI. The tiny run is exported once (through the CLI) per session."""

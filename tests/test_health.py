@@ -1,4 +1,4 @@
-"""Sensor health (issue 4, section 3): checks, the state machine, thresholds fitted on
+"""Sensor health: checks, the state machine, thresholds fitted on
 healthy clips, failure injection of every kind (simulated and live clocks), the ring
 buffers, the resampler, and the Python 3.8 static check of the runtime. No bundle and no
 torch needed: the clips come from the tiny built-in benchmark's validation split."""

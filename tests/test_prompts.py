@@ -1,4 +1,4 @@
-"""Issue 5: prompt learning on a frozen run, the prompt eval methods, the `uncertain` scenario."""
+"""Prompt learning on a frozen run, the prompt eval methods, the `uncertain` scenario."""
 import json
 from pathlib import Path
 

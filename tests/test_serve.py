@@ -1,4 +1,4 @@
-"""Live serving (issue 4): sources (a real video file and a real WAV file made here), the
+"""Live serving: sources (a real video file and a real WAV file made here), the
 fallback service, the HTTP API end to end with injected camera and microphone failures,
 a load test from another process, bad inputs, the torch-free serve path, and the CLI.
 

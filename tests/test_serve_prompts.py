@@ -1,4 +1,4 @@
-"""Serving the prompt method (issue 5 in the live service): with a bundle exported with
+"""Serving the prompt method (in the live service): with a bundle exported with
 prompts, the health state picks each answer's prompt set (complete -> `complete`, camera lost
 -> `visual`, microphone lost -> `audio`), `--method` chooses between that and rmm+avr, and
 the confidence calibration is fitted per method on that method's logits.

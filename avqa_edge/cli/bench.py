@@ -17,7 +17,7 @@ def bench(
     clips: Annotated[int, typer.Option(help="Calibration clips to cycle through.")] = 8,
     precision: Annotated[str, typer.Option(help="ONNX Runtime graphs: fp32 or fp16 (PyTorch runs fp32).")] = "fp32",
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write every number (and the machine, versions, model hash) here.")] = None,
-    ort_config: Annotated[Optional[List[str]], typer.Option(help="Extra ONNX Runtime session config entry KEY=VALUE for the ORT process (repeatable), e.g. session.intra_op.allow_spinning=0.")] = None,
+    ort_config: Annotated[Optional[List[str]], typer.Option(help="Extra ONNX Runtime config entry KEY=VALUE for the ORT process (repeatable); keys as in onnxruntime_session_options_config_keys.h.")] = None,
 ):
     """Latency (p50 / p95, batch 1) and peak memory: PyTorch vs ONNX Runtime (and TensorRT).
 
