@@ -18,7 +18,7 @@ from avqa_edge.runtime.text import Vocabulary
 from .checkpoint import load_model, read_json, write_json
 from .data.loader import SplitData
 from .data.specs import load_split, same_data
-from .scoring import (ANSWERABLE, MISSING_SCENARIOS, NOISE_SCENARIOS, UNCERTAIN, answerable_accuracy, feature_std,
+from .scoring import (MISSING_SCENARIOS, answerable_sets, NOISE_SCENARIOS, UNCERTAIN, answerable_accuracy, feature_std,
                        gap_closed, gap_interval, is_correct, markdown_table, predict, score)
 from .model.avqa import FILL_METHODS
 
@@ -83,10 +83,13 @@ def run_eval(run_dir: Path, json_path: Optional[Path], compare: List[Path], swee
                          "drawn": "per clip, uniformly, seed [seed, 5]",
                          "observed": "absent = all-black frames / digital silence in a segment's raw input"}}
     out["question_only"] = question_only_prior(load_split(spec, "train"), test, config["model"]["answers"]) if not limit else None
-    out["answerable"] = ANSWERABLE if spec["kind"] == "builtin" else None
+    version = spec["synth"].get("version", 1) if spec["kind"] == "builtin" else None
+    out["answerable"] = answerable_sets(version) if version else None
+    if version and version >= 2:
+        out["partly_answerable"] = answerable_sets(version, "partly")
     fill = _fullest(model)
-    if spec["kind"] == "builtin" and config["train"]["method"] == "rmm_avr" and fill:
-        out["gap_closed"], out["gap_method"] = _gaps(results, answered, fill, others, test, seed), fill
+    if version and config["train"]["method"] == "rmm_avr" and fill:
+        out["gap_closed"], out["gap_method"] = _gaps(results, answered, fill, others, test, seed, version), fill
     if model.rmm is not None:
         batch = test.batch(test.ordered_batches(256, 256)[0])
         with torch.no_grad():
@@ -136,8 +139,8 @@ def _load_eval_data(model, config: Dict, spec: Dict, test_spec: Dict):
     """(test, val) SplitData; val only measures the feature scale of the noise scenarios."""
     vocab = Vocabulary(config["model"]["vocab"])
     answers = config["model"]["answers"]
-    test = SplitData(load_split(test_spec, "test"), vocab, answers, strict_answers=False)
-    val = SplitData(load_split(spec, "val"), vocab, answers, strict_answers=False)
+    test = SplitData(load_split(test_spec, "test"), vocab, answers, strict_answers=False, name="test")
+    val = SplitData(load_split(spec, "val"), vocab, answers, strict_answers=False, name="validation")
     if model.cfg.inputs == "raw":
         for d in (test, val):
             d.cache_mel(model.audio_encoder.frontend)
@@ -202,14 +205,16 @@ def _score_jobs(jobs, model, test: SplitData, val: SplitData, n: int, limit: int
     return results, answered, std
 
 
-def _gaps(results, answered, fill: str, others, test: SplitData, seed: int) -> Dict:
+def _gaps(results, answered, fill: str, others, test: SplitData, seed: int, version: int = 1) -> Dict:
     """Per missing scenario: the share of the zero_fill -> complete gap that `fill` closes,
     overall and on the types the remaining sensor can answer (with a bootstrap interval), and
     the difference to each compared run there."""
     out = {}
-    for scen, types in ANSWERABLE.items():
+    for scen, types in answerable_sets(version).items():
         types = list(types)
         row = {"overall": gap_closed(results, scen, fill, types)}
+        if version >= 2:   # version 2: also the gap on the types the remaining sensor answers in part
+            row["partly_types"] = _gap_answerable(results, scen, fill, list(answerable_sets(version, "partly")[scen]), test)
         row["answerable_types"] = _gap_answerable(results, scen, fill, types, test)
         row["answerable_types_ci95"] = _gap_ci(answered, scen, fill, types, test, seed)
         for base in [name for name, _ in others]:

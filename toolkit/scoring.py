@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .data.loader import SplitData
-from .data.types import QUESTION_TYPES
+from .data.types import BENCHMARK_V2_TYPES, QUESTION_TYPES
 
 MISSING_SCENARIOS = ("complete", "audio_missing", "visual_missing")
 NOISE_SCENARIOS = {"audio_noisy": (0.3, 0.0), "visual_noisy": (0.0, 0.7), "both_noisy": (0.5, 0.5)}
@@ -25,7 +25,9 @@ UNCERTAIN_CONDITIONS = ("complete", "audio_missing", "visual_missing", "audio_no
 SCENARIOS = MISSING_SCENARIOS + tuple(NOISE_SCENARIOS) + (UNCERTAIN,)
 PROMPT_METHODS = ("prompt_all", "prompt_oracle", "prompt_detect")
 
-# The question types the remaining sensor can in principle answer on the built-in benchmark.
+# The question types the remaining sensor can in principle answer on the built-in benchmark
+# (version 1; `answerable_sets(version)` for either version). Every eval and result on version 1
+# reads these sets: CLASSIFICATION below says the same and more, and leaves them as they are.
 ANSWERABLE = {
     "audio_missing": {  # video remains: counts, places, and motion (a sounding instrument moves)
         "Visual/Counting": "visible instruments are seen",
@@ -45,6 +47,88 @@ ANSWERABLE = {
 # sounds), AV/Comparative (loudness); visual_missing: Visual/* and AV/Location (mono audio
 # carries no position), AV/Counting (off-screen sounds and silent visible instruments),
 # AV/Comparative (needs positions), AV/Temporal (half its questions ask "where").
+
+LEVELS = ("answerable", "partly", "not")
+_PARTLY_V1 = {
+    "audio_missing": {
+        "Audio/Counting": "the moving instruments are the visible sounding ones; off-screen ones are not seen",
+        "Audio/Comparative": "durations of visible instruments are seen as motion; loudness only via size (r = 0.5)",
+        "Audio-Visual/Comparative": "loudness only via the size cue (r = 0.5)",
+    },
+    "visual_missing": {
+        "Visual/Counting": "visible instruments mostly sound (0.75), off-screen ones rarely (0.15)",
+        "Audio-Visual/Counting": "the sounding instruments are mostly the visible ones",
+        "Audio-Visual/Temporal": "'which plays first' is heard; 'where' is not",
+    },
+}
+_NOT_V1 = {
+    "audio_missing": {},
+    "visual_missing": {
+        "Visual/Location": "mono audio carries no position",
+        "Audio-Visual/Location": "mono audio carries no position",
+        "Audio-Visual/Comparative": "the instruments are named by position",
+    },
+}
+_V2_EXTRA = {   # version 2's own types (data/synth/questions.py)
+    "audio_missing": {
+        "Visual/Identity": ("answerable", "the instruments and their sizes are seen"),
+        "Visual/Attribute": ("answerable", "the finish is seen"),
+    },
+    "visual_missing": {
+        "Visual/Identity": ("partly", "the visible instrument usually sounds; the largest tends to be the loudest"),
+        "Visual/Attribute": ("partly", "the register follows the finish with chance 0.8, when the instrument plays"),
+    },
+}
+
+
+def _classify(version: int) -> Dict[str, Dict[str, Tuple[str, str]]]:
+    out: Dict[str, Dict[str, Tuple[str, str]]] = {}
+    for scen in ANSWERABLE:
+        row = {t: ("answerable", why) for t, why in ANSWERABLE[scen].items()}
+        row.update({t: ("partly", why) for t, why in _PARTLY_V1[scen].items()})
+        row.update({t: ("not", why) for t, why in _NOT_V1[scen].items()})
+        if version >= 2:
+            row.update(_V2_EXTRA[scen])
+        out[scen] = {t: row[t] for t in QUESTION_TYPES + BENCHMARK_V2_TYPES if t in row}
+    return out
+
+
+CLASSIFICATION: Dict[int, Dict[str, Dict[str, Tuple[str, str]]]] = {1: _classify(1), 2: _classify(2)}
+"""What the remaining sensor can answer, per built-in benchmark version, missing scenario and
+question type: (level, why), level one of LEVELS.
+
+=========================  =====================  =====================
+type                       audio_missing          visual_missing
+=========================  =====================  =====================
+Audio/Counting             partly                 answerable
+Audio/Comparative          partly                 answerable
+Visual/Counting            answerable             partly
+Visual/Location            answerable             not
+Audio-Visual/Existential   answerable             answerable
+Audio-Visual/Location      answerable             not
+Audio-Visual/Counting      answerable             partly
+Audio-Visual/Comparative   partly                 not
+Audio-Visual/Temporal      answerable             partly
+Visual/Identity (v2)       answerable             partly
+Visual/Attribute (v2)      answerable             partly
+=========================  =====================  =====================
+
+"answerable" is ANSWERABLE (version 1's gap figures use it alone). "partly": the remaining
+sensor predicts the answer better than chance but not always. With the camera missing, version
+1's partly types are the counting and temporal ones, which the audio answers by statistics of
+the scene; version 2 adds Visual/Identity and Visual/Attribute, whose answers the sound
+predicts through the instrument's timbre, loudness and register.
+"""
+
+
+def answerable_sets(version: int, level: str = "answerable") -> Dict[str, Dict[str, str]]:
+    """scenario -> {question type: why} of the types at `level` on a benchmark version."""
+    if level not in LEVELS:
+        raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
+    if version not in CLASSIFICATION:
+        raise ValueError(f"unknown benchmark version {version!r}")
+    return {scen: {t: why for t, (lvl, why) in row.items() if lvl == level}
+            for scen, row in CLASSIFICATION[version].items()}
 
 SHORT = {"Audio/Counting": ("Audio", "Cnt"), "Audio/Comparative": ("Audio", "Comp"),
          "Visual/Counting": ("Visual", "Cnt"), "Visual/Location": ("Visual", "Loc"),
@@ -213,14 +297,24 @@ def feature_std(model, data: SplitData, limit: int = 256) -> Tuple[float, float]
     return float(f.a.std()), float(f.v.std())
 
 
+def extra_types(results: Dict[str, Dict[str, Dict[str, float]]]) -> List[str]:
+    """Question types in `results` beyond MUSIC-AVQA's nine (the built-in benchmark's version 2
+    types, a custom data set's own names), version 2's first, then by name."""
+    seen = {t for methods in results.values() for acc in methods.values() for t in acc}
+    seen -= set(QUESTION_TYPES) | {"overall"}
+    return [t for t in BENCHMARK_V2_TYPES if t in seen] + sorted(seen - set(BENCHMARK_V2_TYPES))
+
+
 def markdown_table(results: Dict[str, Dict[str, Dict[str, float]]]) -> str:
-    """MUSIC-AVQA layout: Audio Cnt/Comp/Avg, Visual Cnt/Loc/Avg, AV Ext/Loc/Cnt/Comp/Temp/Avg, All."""
+    """MUSIC-AVQA layout: Audio Cnt/Comp/Avg, Visual Cnt/Loc/Avg, AV Ext/Loc/Cnt/Comp/Temp/Avg, then
+    one column per other question type present (version 2's, a custom data set's), All."""
     groups = {"Audio": ["Audio/Counting", "Audio/Comparative"], "Visual": ["Visual/Counting", "Visual/Location"],
               "AV": [t for t in QUESTION_TYPES if t.startswith("Audio-Visual")]}
+    extra = extra_types(results)
     head = ["Scenario", "Method"]
     for g, ts in groups.items():
         head += [f"{g} {SHORT[t][1]}" for t in ts] + [f"{g} Avg"]
-    head.append("All")
+    head += extra + ["All"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for scen, methods in results.items():
         for meth, acc in methods.items():
@@ -230,6 +324,7 @@ def markdown_table(results: Dict[str, Dict[str, Dict[str, float]]]) -> str:
                 row += [_pct(x) for x in vals]
                 have = [x for x in vals if x is not None]
                 row.append(_pct(sum(have) / len(have)) if have else "-")
+            row += [_pct(acc.get(t)) for t in extra]
             row.append(_pct(acc.get("overall")))
             lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
@@ -283,4 +378,9 @@ def answerable_accuracy(acc: Dict[str, float], data: SplitData, types: Sequence[
 
 
 def list_types(data: SplitData) -> List[str]:
-    return [t for t in QUESTION_TYPES if t in set(data.qtypes)]
+    """The split's question types: MUSIC-AVQA's nine in their order, then any others (version 2's,
+    a custom data set's own names), each kept as its own type."""
+    have = set(data.qtypes)
+    rest = have - set(QUESTION_TYPES)
+    return ([t for t in QUESTION_TYPES if t in have] + [t for t in BENCHMARK_V2_TYPES if t in rest]
+            + sorted(rest - set(BENCHMARK_V2_TYPES)))

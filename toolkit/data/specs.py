@@ -1,7 +1,7 @@
 """Where a run's data comes from. The spec is stored in the run's config.json so `eval`
 rebuilds exactly the same test split.
 
-- builtin:     {"kind": "builtin", "synth": SynthConfig fields}
+- builtin:     {"kind": "builtin", "synth": SynthConfig fields} (no "version" field: version 1)
 - manifest:    {"kind": "manifest", "dir": DIR}  with DIR/{train,val,test}.jsonl (custom data)
 - music-avqa:  {"kind": "music-avqa", "questions": DIR, "features": DIR} with
                DIR/avqa-{train,val,test}.json and the official feature folders
@@ -49,16 +49,18 @@ def load_split(spec: Dict, split: str) -> Union[RawSplit, FeatureSplit]:
     raise AvqaError(f"unknown data kind {kind!r}")
 
 
-def builtin_spec(seed: int = 0, train_clips: int = 0, test_clips: int = 0, cache: bool = True) -> Dict:
-    from .synth import GENERATOR_VERSION, SynthConfig
-    cfg = SynthConfig(seed=seed)
+def builtin_spec(seed: int = 0, train_clips: int = 0, test_clips: int = 0, cache: bool = True,
+                 version: int = 1) -> Dict:
+    """The built-in benchmark's spec; `version` 1 (the default, what every earlier run used) or 2."""
+    from .synth import SynthConfig, generator_version
+    cfg = SynthConfig(seed=seed, version=version)
     over = {}
     if train_clips:
         over["train_clips"] = train_clips
     if test_clips:
         over["test_clips"] = test_clips
     d = {**cfg.to_dict(), **over}
-    spec = {"kind": "builtin", "generator_version": GENERATOR_VERSION, "synth": d}
+    spec = {"kind": "builtin", "generator_version": generator_version(cfg), "synth": d}
     if cache:
         spec["cache_dir"] = str(default_cache_dir())
     return spec

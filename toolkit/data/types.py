@@ -16,6 +16,14 @@ QUESTION_TYPES: Tuple[str, ...] = (
     "Audio-Visual/Existential", "Audio-Visual/Location", "Audio-Visual/Counting",
     "Audio-Visual/Comparative", "Audio-Visual/Temporal",
 )
+# The question types version 2 of the built-in benchmark adds (not MUSIC-AVQA's): questions that
+# need the video but whose answer the audio predicts imperfectly (toolkit/data/synth/questions.py)
+BENCHMARK_V2_TYPES: Tuple[str, ...] = ("Visual/Identity", "Visual/Attribute")
+
+
+def benchmark_types(version: int) -> Tuple[str, ...]:
+    """The question types of a built-in benchmark version, in table order."""
+    return QUESTION_TYPES if version == 1 else QUESTION_TYPES + BENCHMARK_V2_TYPES
 
 
 @dataclass
@@ -23,7 +31,7 @@ class QA:
     clip: int        # index of the clip in its split
     question: str    # plain text, placeholders filled in
     answer: str
-    qtype: str       # one of QUESTION_TYPES
+    qtype: str       # one of QUESTION_TYPES, a BENCHMARK_V2_TYPES type, or a custom data set's own name
 
 
 @dataclass

@@ -22,14 +22,14 @@ balanced within each template (and within each question text, so a name in the q
 no shortcut). Everything is deterministic from ``(config, seed, split)``.
 """
 from .cache import cache_key, generate
-from .config import (GENERATOR_VERSION, INSTRUMENTS, LOCATIONS, SPLITS, SynthConfig)
-from .questions import TEMPLATES, candidate_questions, template_of
+from .config import BENCHMARK_VERSIONS, GENERATOR_VERSION, INSTRUMENTS, LOCATIONS, SPLITS, SynthConfig, generator_version
+from .questions import TEMPLATES, V2_TEMPLATES, candidate_questions, template_of, templates
 from .render import render
 from .scene import Scene, Source, sample_scene, segment_labels
 
 __all__ = [
-    "GENERATOR_VERSION", "INSTRUMENTS", "LOCATIONS", "SPLITS", "TEMPLATES",
+    "BENCHMARK_VERSIONS", "GENERATOR_VERSION", "INSTRUMENTS", "LOCATIONS", "SPLITS", "TEMPLATES", "V2_TEMPLATES",
     "SynthConfig", "Source", "Scene",
     "sample_scene", "render", "candidate_questions", "template_of", "generate", "cache_key",
-    "segment_labels",
+    "segment_labels", "generator_version", "templates",
 ]

@@ -1,6 +1,6 @@
 """Rendering audio: each instrument's sound (harmonics, pitch range, envelope) and the mix."""
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -93,8 +93,10 @@ def _pluck_envelope(name: str) -> np.ndarray:
     return env
 
 
-def _synth_run(name: str, start: int, n: int, rng: np.random.Generator) -> np.ndarray:
-    """Unnormalised float32 signal of one instrument over clip samples [start, start + n)."""
+def _synth_run(name: str, start: int, n: int, rng: np.random.Generator,
+               register: Optional[str] = None) -> np.ndarray:
+    """Unnormalised float32 signal of one instrument over clip samples [start, start + n).
+    Notes are drawn from its whole semitone range, or (version 2) from its low / high half."""
     snd = SOUNDS[name]
     lo, hi = int(snd.note[0] * SAMPLE_RATE), int(snd.note[1] * SAMPLE_RATE)
     lens = rng.integers(lo, hi + 1, size=n // lo + 2)
@@ -105,7 +107,11 @@ def _synth_run(name: str, start: int, n: int, rng: np.random.Generator) -> np.nd
     ends[-1] = n
     starts = ends - lens
     n_semis = int(np.floor(12 * np.log2(snd.f_range[1] / snd.f_range[0])))
-    f0 = snd.f_range[0] * 2.0 ** (rng.integers(0, n_semis + 1, size=k) / 12.0)
+    lo_semi, hi_semi = 0, n_semis + 1
+    if register is not None:
+        half = (n_semis + 1) // 2                  # low: [0, half), high: [half, n_semis]
+        lo_semi, hi_semi = (0, half) if register == "low" else (half, n_semis + 1)
+    f0 = snd.f_range[0] * 2.0 ** (rng.integers(lo_semi, hi_semi, size=k) / 12.0)
     idx = np.arange(n, dtype=np.int32)
     t_in = idx - np.repeat(starts.astype(np.int32), lens)          # sample index in its note
     if snd.envelope == "sustain":
@@ -150,7 +156,7 @@ def _source_runs(src: Source, rng: np.random.Generator) -> List[Tuple[int, np.nd
     if not runs:
         return []
     out = [(a * SEGMENT_SAMPLES,
-            _synth_run(src.name, a * SEGMENT_SAMPLES, (b - a) * SEGMENT_SAMPLES, rng))
+            _synth_run(src.name, a * SEGMENT_SAMPLES, (b - a) * SEGMENT_SAMPLES, rng, src.register))
            for a, b in runs]
     energy = sum(float(np.dot(x, x)) for _, x in out)
     n_on = sum(len(x) for _, x in out)

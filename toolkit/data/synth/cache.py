@@ -12,16 +12,17 @@ import numpy as np
 
 from avqa_edge.runtime.atomic import commit_file
 from avqa_edge.runtime.signal import FRAME_H, FRAME_W, T_SEGMENTS, float_to_pcm16
-from avqa_edge.toolkit.data.types import QA, QUESTION_TYPES, RawSplit
+from avqa_edge.toolkit.data.types import QA, RawSplit, benchmark_types
 
-from .config import GENERATOR_VERSION, INSTRUMENTS, LOCATIONS, SynthConfig, _F, _N_SAMPLES, _check_split
+from .config import (INSTRUMENTS, LOCATIONS, SynthConfig, _F, _N_SAMPLES, _check_split,
+                     generator_version)
 from .questions import _candidates, _select
 from .render import render
 from .scene import sample_scene
 
 
 def cache_key(cfg: SynthConfig, split: str) -> str:
-    blob = json.dumps({"version": GENERATOR_VERSION, "config": cfg.to_dict(), "split": split},
+    blob = json.dumps({"version": generator_version(cfg), "config": cfg.to_dict(), "split": split},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
@@ -50,23 +51,23 @@ def _build(cfg: SynthConfig, split: str) -> RawSplit:
         frames[i] = f
         audio[i] = float_to_pcm16(a)
         scenes.append(scene.to_dict())
-        cands.extend((i,) + c for c in _candidates(scene))
+        cands.extend((i,) + c for c in _candidates(scene, cfg.version))
     sel_rng = np.random.default_rng([cfg.seed, split_idx, 2])
     budget = int(round(n * cfg.questions_per_clip))
-    chosen = _select(cands, budget, sel_rng)
+    chosen = _select(cands, budget, sel_rng, cfg.version)
     qa = [QA(clip=cands[k][0], question=cands[k][2], answer=cands[k][3], qtype=cands[k][4])
           for k in chosen]
     answer_counts = _count((q.qtype, q.answer) for q in qa)
     meta = {
         "source": "synthetic",
-        "generator_version": GENERATOR_VERSION,
+        "generator_version": generator_version(cfg),
         "seed": cfg.seed,
         "split": split,
         "config": cfg.to_dict(),
         "n_clips": n,
         "n_questions": len(qa),
         "n_candidates": len(cands),
-        "answer_counts": {t: answer_counts.get(t, {}) for t in QUESTION_TYPES},
+        "answer_counts": {t: answer_counts.get(t, {}) for t in benchmark_types(cfg.version)},
         "template_answer_counts": _count((cands[k][1], cands[k][3]) for k in chosen),
         "instruments": list(INSTRUMENTS),
         "locations": list(LOCATIONS),
@@ -104,7 +105,7 @@ def generate(cfg: SynthConfig, split: str, cache_dir: Optional[str] = None) -> R
 
     Same config + split -> byte-identical frames, audio and questions. Splits use separate
     random streams (``[seed, split_index, ...]``). The cache is an ``.npz`` (no pickle) named
-    by a hash of (GENERATOR_VERSION, config, split), holding the QA list and meta as JSON.
+    by a hash of (generator version, config, split), holding the QA list and meta as JSON.
     """
     _check_split(split)
     path = None

@@ -1,11 +1,21 @@
-"""Questions: the templates, every askable question of a scene, and the balanced choice."""
+"""Questions: the templates, every askable question of a scene, and the balanced choice.
+
+Version 2 adds three templates over two types of its own, questions that need the video but
+whose answer the audio predicts imperfectly (the camera-missing case has a partly recoverable gap):
+
+* Visual/Identity "Which instrument is in the video?" (one visible): it usually sounds, but may
+  be silent while an off-screen one plays; "Which is the largest instrument in the video?"
+  (largest by LARGEST_MARGIN): nearer instruments tend to be louder (correlation 0.5);
+* Visual/Attribute "Is the {x} light or dark?": the finish, which the register the instrument
+  plays in follows with chance REGISTER_AGREEMENT (when it plays at all).
+"""
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from avqa_edge.toolkit.data.types import QUESTION_TYPES
+from avqa_edge.toolkit.data.types import QUESTION_TYPES, benchmark_types
 
-from .config import COMPARE_RATIO, LOCATIONS, N_COLS
+from .config import COMPARE_RATIO, LARGEST_MARGIN, LOCATIONS, N_COLS
 from .scene import Scene, Source
 
 # template id -> (question type, pattern)
@@ -26,12 +36,25 @@ TEMPLATES: Dict[str, Tuple[str, str]] = {
     "av_first_where": ("Audio-Visual/Temporal", "Where is the first sounding instrument?"),
 }
 assert {q for q, _ in TEMPLATES.values()} == set(QUESTION_TYPES)
+# version 2's additions
+V2_TEMPLATES: Dict[str, Tuple[str, str]] = {
+    "v_which": ("Visual/Identity", "Which instrument is in the video?"),
+    "v_largest": ("Visual/Identity", "Which is the largest instrument in the video?"),
+    "v_finish": ("Visual/Attribute", "Is the {x} light or dark?"),
+}
+assert {q for q, _ in V2_TEMPLATES.values()} == set(benchmark_types(2)) - set(QUESTION_TYPES)
+_ALL_TEMPLATES = {**TEMPLATES, **V2_TEMPLATES}
+
+
+def templates(version: int) -> Dict[str, Tuple[str, str]]:
+    """Template id -> (question type, pattern) of a benchmark version."""
+    return TEMPLATES if version == 1 else _ALL_TEMPLATES
 
 
 def _template_regex():
     import re
     out = []
-    for tid, (_, pat) in TEMPLATES.items():
+    for tid, (_, pat) in _ALL_TEMPLATES.items():
         rx = re.escape(pat)
         for ph in ("x", "y", "l", "m"):
             rx = rx.replace(re.escape("{" + ph + "}"), "[a-z]+")
@@ -51,11 +74,11 @@ def template_of(question: str) -> str:
 
 
 def _ask(tid: str, answer, **slots) -> Tuple[str, str, str, str]:
-    qtype, pat = TEMPLATES[tid]
+    qtype, pat = _ALL_TEMPLATES[tid]
     return tid, pat.format(**slots), str(answer), qtype
 
 
-def _candidates(scene: Scene) -> List[Tuple[str, str, str, str]]:
+def _candidates(scene: Scene, version: int = 1) -> List[Tuple[str, str, str, str]]:
     """(template id, question, answer, qtype) for every askable question of the scene."""
     out = []
     vis = scene.visible
@@ -117,12 +140,28 @@ def _candidates(scene: Scene) -> List[Tuple[str, str, str, str]]:
         if onsets[0] < onsets[1] and first.visible:
             out.append(_ask("av_first_which", first.name))
             out.append(_ask("av_first_where", first.location))
+    if version >= 2:
+        out += _v2_candidates(scene)
     return out
 
 
-def candidate_questions(scene: Scene) -> List[Tuple[str, str, str]]:
+def _v2_candidates(scene: Scene) -> List[Tuple[str, str, str, str]]:
+    out = []
+    vis = scene.visible
+    if len(vis) == 1:
+        out.append(_ask("v_which", vis[0].name))
+    if len(vis) >= 2:
+        big, nxt = sorted(vis, key=lambda s: -s.size)[:2]
+        if big.size - nxt.size >= LARGEST_MARGIN:
+            out.append(_ask("v_largest", big.name))
+    for s in vis:
+        out.append(_ask("v_finish", s.finish, x=s.name))
+    return out
+
+
+def candidate_questions(scene: Scene, version: int = 1) -> List[Tuple[str, str, str]]:
     """Every askable (question, answer, qtype) of the scene, answers from its ground truth."""
-    return [(q, a, t) for _, q, a, t in _candidates(scene)]
+    return [(q, a, t) for _, q, a, t in _candidates(scene, version)]
 
 
 def _waterfill(caps: Sequence[int], total: int) -> List[int]:
@@ -139,7 +178,7 @@ def _waterfill(caps: Sequence[int], total: int) -> List[int]:
 
 
 def _select(cands: List[Tuple[int, str, str, str, str]], budget: int,
-            rng: np.random.Generator) -> List[int]:
+            rng: np.random.Generator, version: int = 1) -> List[int]:
     """Indices of the chosen candidates (clip, tid, question, answer, qtype).
 
     Within each question text, every observed answer keeps the same number of candidates
@@ -147,11 +186,12 @@ def _select(cands: List[Tuple[int, str, str, str, str]], budget: int,
     then taken round-robin over the (question, answer) cells, with the budget shared evenly
     over question types and, within a type, over templates.
     """
-    cells: Dict[str, Dict[str, Dict[str, List[int]]]] = {tid: {} for tid in TEMPLATES}
+    tmpl, types = templates(version), benchmark_types(version)
+    cells: Dict[str, Dict[str, Dict[str, List[int]]]] = {tid: {} for tid in tmpl}
     for i, (_, tid, q, a, _) in enumerate(cands):
         cells[tid].setdefault(q, {}).setdefault(a, []).append(i)
     pools: Dict[str, List[int]] = {}
-    for tid in TEMPLATES:
+    for tid in tmpl:
         ranked = []
         for q, by_ans in cells[tid].items():
             if len(by_ans) < 2:
@@ -163,11 +203,10 @@ def _select(cands: List[Tuple[int, str, str, str, str]], budget: int,
         tie = rng.random(len(ranked))
         order = sorted(range(len(ranked)), key=lambda k: (ranked[k][0], tie[k]))
         pools[tid] = [ranked[k][1] for k in order]
-    by_type = {t: [tid for tid, (qt, _) in TEMPLATES.items() if qt == t] for t in QUESTION_TYPES}
-    type_alloc = _waterfill([sum(len(pools[tid]) for tid in by_type[t]) for t in QUESTION_TYPES],
-                            budget)
+    by_type = {t: [tid for tid, (qt, _) in tmpl.items() if qt == t] for t in types}
+    type_alloc = _waterfill([sum(len(pools[tid]) for tid in by_type[t]) for t in types], budget)
     chosen: List[int] = []
-    for t, n_t in zip(QUESTION_TYPES, type_alloc):
+    for t, n_t in zip(types, type_alloc):
         tids = by_type[t]
         for tid, n in zip(tids, _waterfill([len(pools[tid]) for tid in tids], n_t)):
             chosen.extend(pools[tid][:n])

@@ -1,4 +1,5 @@
 """Ground truth of a clip (Scene, Source), how it is sampled, and its per-segment labels."""
+import dataclasses
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
@@ -6,9 +7,12 @@ import numpy as np
 
 from avqa_edge.runtime.signal import T_SEGMENTS
 
-from .config import (INSTRUMENTS, LOCATIONS, LOUDNESS_DB, LOUDNESS_DB_RANGE, LOUDNESS_NOISE_DB,
-                     LOUDNESS_SIZE_DB, MIN_RUN, N_COLS, N_ROWS, SIZE_RANGE, VIDEO_NOISE, BRIGHTNESS_RANGE,
-                     SynthConfig, _N_FRAMES)
+from .config import (BRIGHTNESS_RANGE, INSTRUMENTS, LOCATIONS, LOUDNESS_DB, LOUDNESS_DB_RANGE,
+                     LOUDNESS_NOISE_DB, LOUDNESS_SIZE_DB, MIN_RUN, N_COLS, N_ROWS, REGISTER_AGREEMENT,
+                     SIZE_RANGE, VIDEO_NOISE, SynthConfig, _N_FRAMES)
+
+FINISHES: Tuple[str, ...] = ("light", "dark")        # version 2: how an instrument looks ...
+REGISTERS: Tuple[str, ...] = ("high", "low")         # ... and the register it plays in
 
 
 @dataclass(frozen=True)
@@ -20,6 +24,8 @@ class Source:
     size: float                      # drawing scale in SIZE_RANGE (nearness; 1.0 for off-screen)
     sounding: Tuple[bool, ...]       # T flags: the segments in which it plays
     loudness: float                  # RMS render() realises over its sounding segments
+    finish: Optional[str] = None     # version 2, visible ones: "light" | "dark" (None: version 1's look)
+    register: Optional[str] = None   # version 2: "high" | "low" half of its pitch range (None: all of it)
 
     @property
     def visible(self) -> bool:
@@ -75,11 +81,7 @@ class Scene:
 
     def to_dict(self) -> dict:
         return {
-            "sources": [
-                {"name": s.name, "column": s.column, "row": s.row, "size": s.size,
-                 "sounding": [int(bool(x)) for x in s.sounding], "loudness": s.loudness}
-                for s in self.sources
-            ],
+            "sources": [_source_dict(s) for s in self.sources],
             "jitter": [list(j) for j in self.jitter],
             "brightness": list(self.brightness),
             "background": self.background,
@@ -92,7 +94,8 @@ class Scene:
         return cls(
             sources=tuple(
                 Source(s["name"], int(s["column"]), int(s["row"]), float(s["size"]),
-                       tuple(bool(x) for x in s["sounding"]), float(s["loudness"]))
+                       tuple(bool(x) for x in s["sounding"]), float(s["loudness"]),
+                       s.get("finish"), s.get("register"))
                 for s in d["sources"]
             ),
             jitter=tuple((int(a), int(b)) for a, b in d["jitter"]),
@@ -101,6 +104,15 @@ class Scene:
             video_noise=float(d["video_noise"]),
             audio_noise=float(d["audio_noise"]),
         )
+
+
+def _source_dict(s: Source) -> dict:
+    d = {"name": s.name, "column": s.column, "row": s.row, "size": s.size,
+         "sounding": [int(bool(x)) for x in s.sounding], "loudness": s.loudness}
+    for key in ("finish", "register"):            # version 1's scenes stay as they were
+        if getattr(s, key) is not None:
+            d[key] = getattr(s, key)
+    return d
 
 
 def _sample_loudness(rng: np.random.Generator, size: float) -> float:
@@ -123,6 +135,11 @@ def sample_scene(rng: np.random.Generator, cfg: SynthConfig) -> Scene:
     probability ``p_offscreen`` (if fewer than ``max_visible`` are visible, so that at most
     ``max_visible`` instruments sound) an
     off-screen instrument also sounds. Loudness ~ log-normal, correlated with size.
+
+    Version 2 then draws, after everything version 1 draws, each visible instrument's finish
+    (light / dark, even odds) and every instrument's register: the low register with chance
+    REGISTER_AGREEMENT for a dark finish, 1 - REGISTER_AGREEMENT for a light one, and even odds
+    off-screen. So the audio predicts a finish imperfectly.
     """
     max_vis = int(min(cfg.max_visible, N_COLS * N_ROWS, len(INSTRUMENTS) - 1))
     n_vis = int(rng.integers(0, max_vis + 1))
@@ -142,6 +159,8 @@ def sample_scene(rng: np.random.Generator, cfg: SynthConfig) -> Scene:
                               _sample_loudness(rng, dist_size)))
     jitter = rng.integers(-1, 2, size=(_N_FRAMES, 2))
     brightness = rng.uniform(*BRIGHTNESS_RANGE, size=T_SEGMENTS)
+    if cfg.version >= 2:
+        sources = [_sample_attributes(rng, s) for s in sources]
     return Scene(
         sources=tuple(sources),
         jitter=tuple((int(a), int(b)) for a, b in jitter),
@@ -150,6 +169,16 @@ def sample_scene(rng: np.random.Generator, cfg: SynthConfig) -> Scene:
         video_noise=VIDEO_NOISE,
         audio_noise=float(cfg.audio_noise),
     )
+
+
+def _sample_attributes(rng: np.random.Generator, src: Source) -> Source:
+    """Version 2's finish and register of one instrument."""
+    if not src.visible:
+        return dataclasses.replace(src, register=REGISTERS[int(rng.random() < 0.5)])
+    dark = bool(rng.random() < 0.5)
+    agree = bool(rng.random() < REGISTER_AGREEMENT)
+    low = dark == agree
+    return dataclasses.replace(src, finish=FINISHES[int(dark)], register=REGISTERS[int(low)])
 
 
 def segment_labels(scene: Scene) -> Dict[str, np.ndarray]:

@@ -5,7 +5,7 @@ import numpy as np
 
 from avqa_edge.runtime.signal import FRAME_H, FRAME_W, T_SEGMENTS
 
-from .config import CELL, INSTRUMENTS, _F, _N_FRAMES
+from .config import CELL, DARK_FINISH, INSTRUMENTS, _F, _N_FRAMES
 from .noise import _noise_bank, _stream
 from .scene import Scene
 
@@ -21,14 +21,15 @@ LOOKS: Dict[str, Tuple[str, Tuple[int, int, int], str]] = {
     "xylophone": ("ring", (40, 215, 215), "stripes"),
 }
 _SPRITE_RADIUS = 5.6                     # px at size 1.0: 3.9 .. 7.3 px over SIZE_RANGE
-_SPRITES: Dict[Tuple[str, int], Tuple[np.ndarray, np.ndarray]] = {}
+_SPRITES: Dict[Tuple[str, int, Optional[str]], Tuple[np.ndarray, np.ndarray]] = {}
 _GRID = np.arange(CELL, dtype=np.float64) - (CELL - 1) / 2.0   # pixel centres of a cell
 
 
-def _sprite(name: str, size: float) -> Tuple[np.ndarray, np.ndarray]:
-    """(rgb (16,16,3) float32 of 0..255 integers, mask (16,16) bool), centred in a cell."""
+def _sprite(name: str, size: float, finish: Optional[str] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """(rgb (16,16,3) float32 of 0..255 integers, mask (16,16) bool), centred in a cell.
+    A dark finish (version 2) scales the colour by DARK_FINISH; None and "light" keep it."""
     q = int(round(size * 40))                      # sizes quantised to 0.025
-    key = (name, q)
+    key = (name, q, finish)
     hit = _SPRITES.get(key)
     if hit is not None:
         return hit
@@ -62,6 +63,8 @@ def _sprite(name: str, size: float) -> Tuple[np.ndarray, np.ndarray]:
             np.where((yi // 2) % 2 == 0, 1.0, 0.55)
     elif texture == "dots":
         shade = np.where((yi % 3 == 1) & (xi % 3 == 1), 0.35, 1.0)
+    if finish == "dark":
+        shade = shade * DARK_FINISH
     rgb = np.clip(np.asarray(colour, np.float64)[None, None] * shade[..., None], 0, 255)
     out = (rgb.astype(np.uint8).astype(np.float32), mask)
     _SPRITES[key] = out
@@ -108,7 +111,7 @@ def _render_video(scene: Scene, base: int) -> np.ndarray:
         m = _MOTIONS[rng.integers(0, len(_MOTIONS), size=T_SEGMENTS)]
         m[~np.asarray(s.sounding, bool)] = 0
         moves.append(m)
-    sprites = [_sprite(s.name, s.size) for s in vis]
+    sprites = [_sprite(s.name, s.size, s.finish) for s in vis]
 
     def world(t: Optional[int]) -> np.ndarray:          # sprites at rest (t None) or moved
         w = bg.copy()
