@@ -8,10 +8,10 @@ import pytest
 cv2 = pytest.importorskip("cv2")
 sf = pytest.importorskip("soundfile")
 
-from avqa_edge.errors import AvqaError  # noqa: E402
+from avqa_edge.errors import AvqaError, DataError  # noqa: E402
 from avqa_edge.runtime.signal import (FRAME_H, FRAME_W, FRAMES_PER_SEGMENT, SAMPLE_RATE,  # noqa: E402
                                       SEGMENT_SAMPLES, T_SEGMENTS)
-from avqa_edge.toolkit.data.files import CUSTOM_QTYPE, read_manifest, write_split  # noqa: E402
+from avqa_edge.toolkit.data.files import CUSTOM_QTYPE, LetterboxWarning, read_manifest, write_split  # noqa: E402
 from avqa_edge.toolkit.data.types import QA, RawSplit  # noqa: E402
 
 N = 2
@@ -115,7 +115,7 @@ def _short_clip(folder: Path):
     ("not_object", r"line 2: expected a JSON object"),
     ("no_question", r"line 2: missing key\(s\) 'question'"),
     ("no_answer", r"line 2: missing key\(s\) 'answer'"),
-    ("bad_type", r"line 2: unknown type 'Audio/Temporal'"),
+    ("bad_type", r"line 2: 'type' must be a non-empty string"),
     ("missing_video", r"line 2: video file not found: .*nope\.avi"),
     ("missing_audio", r"line 2: audio file not found: .*nope\.wav"),
     ("corrupt_video", r"line 2: .*corrupt\.avi"),
@@ -134,7 +134,7 @@ def test_errors_name_the_line(written, case, pattern):
         "not_object": "[1, 2]",
         "no_question": {k: v for k, v in good.items() if k != "question"},
         "no_answer": {k: v for k, v in good.items() if k != "answer"},
-        "bad_type": dict(good, type="Audio/Temporal"),
+        "bad_type": dict(good, type="  "),
         "missing_video": dict(good, video="nope.avi"),
         "missing_audio": dict(good, audio="nope.wav"),
         "corrupt_video": dict(good, video="corrupt.avi"),
@@ -167,3 +167,118 @@ def test_codec_fallback_to_mjpg(tmp_path, monkeypatch):
     diff = np.abs(back.frames.astype(int) - split.frames.astype(int))
     assert diff.mean() < 4
     np.testing.assert_array_equal(back.audio, split.audio)
+
+
+# ----------------------------------------------------------------------------- honesty
+
+def _video(path: Path, w: int, h: int, draw=None, fps: int = 2, seconds: int = T_SEGMENTS):
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"FFV1"), fps, (w, h))
+    assert writer.isOpened()
+    img = np.full((h, w, 3), 90, np.uint8)
+    if draw is not None:
+        draw(img)
+    for _ in range(fps * seconds):
+        writer.write(img)
+    writer.release()
+
+
+def _wav(path: Path):
+    sf.write(str(path), np.zeros(T_SEGMENTS * SAMPLE_RATE, np.int16) + 300, SAMPLE_RATE)
+
+
+def _manifest(folder: Path, records) -> Path:
+    path = folder / "q.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def test_other_aspect_ratios_are_letterboxed_once_not_stretched(tmp_path):
+    def square(img):                         # a 54 x 54 white square in the middle of 96 x 54
+        img[:, 21:75] = 255
+    _video(tmp_path / "wide1.avi", 96, 54, square)
+    _video(tmp_path / "wide2.avi", 96, 54, square)
+    _wav(tmp_path / "a.wav")
+    recs = [{"video": v, "audio": "a.wav", "question": "Is it square?", "answer": "yes"}
+            for v in ("wide1.avi", "wide2.avi")]
+    with pytest.warns(LetterboxWarning) as caught:
+        split = read_manifest(_manifest(tmp_path, recs))
+    boxed = [w for w in caught if issubclass(w.category, LetterboxWarning)]
+    assert len(boxed) == 1, "one warning per manifest"
+    assert "2 of 2 videos" in str(boxed[0].message) and "96x54" in str(boxed[0].message)
+    assert split.meta["letterboxed"] == 2
+    frame = split.frames[0, 0, 0].astype(int)                 # (32, 48, 3): the picture is 48 x 27
+    assert (frame[:2] == 0).all() and (frame[-3:] == 0).all(), "black bars above and below"
+    assert (frame[2:29, :, 0] > 50).all(), "the picture itself"
+    ys, xs = np.nonzero(frame[..., 0] > 200)
+    height, width = ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
+    assert abs(height - width) <= 1, f"the square stays square ({width} x {height}), not stretched"
+
+
+def test_same_aspect_ratio_is_resized_without_warning(tmp_path):
+    import warnings
+    _video(tmp_path / "v.avi", 96, 64)
+    _wav(tmp_path / "a.wav")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LetterboxWarning)
+        split = read_manifest(_manifest(tmp_path, [{"video": "v.avi", "audio": "a.wav", "question": "q?",
+                                                    "answer": "a"}]))
+    assert split.meta["letterboxed"] == 0 and (split.frames[0, 0, 0] == 90).all()
+
+
+def test_letterbox_impossible_is_refused(tmp_path):
+    _video(tmp_path / "strip.avi", 400, 20)
+    _wav(tmp_path / "a.wav")
+    rec = {"video": "strip.avi", "audio": "a.wav", "question": "q?", "answer": "a"}
+    with pytest.raises(DataError, match=r"line 1: video .*strip\.avi is 400x20; letterboxed .* would be 48x2 px"):
+        read_manifest(_manifest(tmp_path, [rec]))
+
+
+def test_own_question_types_keep_their_own_columns(written, tmp_path):
+    from avqa_edge.runtime.text import Vocabulary
+    from avqa_edge.toolkit.data.loader import SplitData
+    from avqa_edge.toolkit.scoring import list_types, markdown_table, score
+    _, manifest = written
+    recs = [json.loads(line) for line in manifest.read_text().splitlines()]
+    recs[0]["type"], recs[1]["type"] = "Drums/Tempo", "Visual/Colour"
+    split = read_manifest(_manifest(manifest.parent, recs))
+    assert [q.qtype for q in split.qa] == ["Drums/Tempo", "Visual/Colour", CUSTOM_QTYPE]
+    data = SplitData(split, Vocabulary.build([q.question for q in split.qa]), ["yes", "two", "piano"])
+    assert list_types(data) == [CUSTOM_QTYPE, "Drums/Tempo", "Visual/Colour"]
+    acc = score(data, np.arange(3), np.array([0, 0, 2]))
+    assert acc["Drums/Tempo"] == 1.0 and acc["Visual/Colour"] == 0.0 and acc[CUSTOM_QTYPE] == 1.0
+    head, _, row = markdown_table({"complete": {"zero_fill": acc}}).splitlines()
+    cols = [c.strip() for c in head.strip("|").split("|")]
+    cells = dict(zip(cols, [c.strip() for c in row.strip("|").split("|")]))
+    assert cells["Drums/Tempo"] == "100.0" and cells["Visual/Colour"] == "0.0" and cells[CUSTOM_QTYPE] == "100.0"
+    written_back = write_split(split, tmp_path / "again")
+    assert [json.loads(line).get("type") for line in written_back.read_text().splitlines()] == \
+        ["Drums/Tempo", "Visual/Colour", None]
+
+
+def test_unknown_evaluation_answers_are_counted_and_placed(written):
+    from avqa_edge.runtime.text import Vocabulary
+    from avqa_edge.toolkit.data.loader import SplitData, UnknownAnswerWarning
+    _, manifest = written
+    split = read_manifest(manifest)
+    vocab = Vocabulary.build([q.question for q in split.qa])
+    with pytest.warns(UnknownAnswerWarning, match=r"2 of 3 validation answers are not in the answer list") as caught:
+        data = SplitData(split, vocab, ["yes"], strict_answers=False, name="validation")
+    message = str(caught[0].message)
+    assert f"{manifest}, line 2: 'two'" in message and f"{manifest}, line 3: 'piano'" in message
+    assert data.unknown_answers == 2 and data.answers.tolist() == [0, -1, -1]
+    with pytest.raises(DataError, match=r"q\w*\.jsonl, line 2: answer 'two' is not in the answer list"):
+        SplitData(split, vocab, ["yes"])
+
+
+def test_question_of_unknown_words_names_its_line(written):
+    from avqa_edge.runtime.text import Vocabulary
+    from avqa_edge.toolkit.data.loader import SplitData
+    _, manifest = written
+    lines = manifest.read_text().splitlines()
+    rec = dict(json.loads(lines[0]), question="Zyx qwv?")
+    path = manifest.parent / "unknown_words.jsonl"
+    path.write_text("\n".join(lines[:2]) + "\n\n" + json.dumps(rec) + "\n")     # a blank line 3
+    split = read_manifest(path)
+    vocab = Vocabulary.build([q.question for q in read_manifest(manifest).qa])
+    with pytest.raises(DataError, match=r"unknown_words\.jsonl, line 4 \('Zyx qwv\?'\): none of the question's words"):
+        SplitData(split, vocab, ["yes", "two", "piano"], strict_answers=False)

@@ -124,7 +124,7 @@ def train(run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, data_spec: Di
             model_cfg.video_expert = False
     vocab = Vocabulary(model_cfg.vocab)
     train_data = SplitData(train_split, vocab, model_cfg.answers)
-    val_data = SplitData(val_split, vocab, model_cfg.answers, strict_answers=False)
+    val_data = SplitData(val_split, vocab, model_cfg.answers, strict_answers=False, name="validation")
     model = AVQAModel(model_cfg).to(device)
     tagger = None
     if cfg.tag_weight > 0 and train_data.labels is not None and model_cfg.inputs == "raw":

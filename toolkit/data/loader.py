@@ -3,12 +3,13 @@
 A batch holds U clips and B questions about them: clip tensors (U, ...), "tokens" (B, L),
 "clip_index" (B,) and "answers" (B,). Several questions share one clip encoding.
 """
+import warnings
 from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
-from avqa_edge.errors import AvqaError
+from avqa_edge.errors import AvqaError, DataError
 from avqa_edge.runtime.signal import SEGMENT_SAMPLES
 from avqa_edge.runtime.text import Vocabulary
 
@@ -19,21 +20,44 @@ def to_device(batch: Dict[str, torch.Tensor], device: torch.device) -> Dict[str,
     return {k: v.to(device) for k, v in batch.items()}
 
 
+def question_place(split: Union[RawSplit, FeatureSplit], n: int) -> str:
+    """Where question n of a split comes from, for messages: its manifest file and line for custom
+    data, else its 1-based number."""
+    lines, manifest = split.meta.get("question_lines"), split.meta.get("manifest")
+    if lines and manifest and n < len(lines):
+        return f"{manifest}, line {lines[n]}"
+    return f"question {n + 1}"
+
+
+class UnknownAnswerWarning(UserWarning):
+    """Evaluation answers outside the model's answer list (scored as wrong)."""
+
+
 class SplitData:
     def __init__(self, split: Union[RawSplit, FeatureSplit], vocab: Vocabulary, answers: Sequence[str],
-                 strict_answers: bool = True):
+                 strict_answers: bool = True, name: str = "evaluation"):
+        """`strict_answers`: an answer outside `answers` is an error (training); otherwise it is
+        scored as always wrong, and one warning counts them and names their places."""
         self.split = split
         self.raw = isinstance(split, RawSplit)
         answer_index = {a: i for i, a in enumerate(answers)}
-        tokens, labels = [], []
+        tokens, labels, unknown = [], [], []
         for n, qa in enumerate(split.qa):
             try:
                 tokens.append(vocab.encode(qa.question))
             except AvqaError as e:
-                raise AvqaError(f"question {n} ({qa.question!r}): {e}") from None
-            if qa.answer not in answer_index and strict_answers:
-                raise AvqaError(f"question {n}: answer {qa.answer!r} is not in the answer list")
+                raise DataError(f"{question_place(split, n)} ({qa.question!r}): {e}") from None
+            if qa.answer not in answer_index:
+                if strict_answers:
+                    raise DataError(f"{question_place(split, n)}: answer {qa.answer!r} is not in the answer list")
+                unknown.append(n)
             labels.append(answer_index.get(qa.answer, -1))   # -1: unseen answer, always wrong
+        self.unknown_answers = len(unknown)
+        if unknown:
+            shown = "; ".join(f"{question_place(split, n)}: {split.qa[n].answer!r}" for n in unknown[:5])
+            warnings.warn(f"{len(unknown)} of {len(split.qa)} {name} answers are not in the answer list and count "
+                          f"as wrong: {shown}" + (" ..." if len(unknown) > 5 else ""), UnknownAnswerWarning,
+                          stacklevel=2)
         self.tokens = torch.tensor(tokens, dtype=torch.int64)              # (Q, L)
         self.answers = torch.tensor(labels, dtype=torch.int64)            # (Q,)
         self.clip = torch.tensor([qa.clip for qa in split.qa], dtype=torch.int64)
