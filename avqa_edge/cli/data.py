@@ -13,6 +13,7 @@ def write_split(
     split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
     data_seed: Annotated[int, typer.Option(help="Built-in benchmark seed.")] = 0,
     clips: Annotated[int, typer.Option(help="Write only the first N clips (0: all).")] = 0,
+    benchmark_version: Annotated[int, typer.Option(help="Built-in benchmark version: 1 or 2.")] = 1,
 ):
     """Write a built-in benchmark split as ordinary files.
 
@@ -21,7 +22,7 @@ def write_split(
     from ..toolkit.data.files import write_split as write
     from ..toolkit.data.specs import builtin_spec, load_split
     from ..toolkit.data.types import RawSplit
-    data = load_split(builtin_spec(seed=data_seed), split)
+    data = load_split(builtin_spec(seed=data_seed, version=benchmark_version), split)
     if clips:
         qa = [q for q in data.qa if q.clip < clips]
         data = RawSplit(data.frames[:clips], data.audio[:clips], qa, data.meta)

@@ -28,6 +28,7 @@ def train(
     video_expert: Annotated[Optional[bool], typer.Option("--video-expert/--no-video-expert", help="A second backbone that answers when the video is missing in every segment (exported as the bundle's `video_expert` graph). Default: on for the edge preset, off for paper.")] = None,
     data_seed: Annotated[int, typer.Option(help="Built-in benchmark seed.")] = 0,
     train_clips: Annotated[int, typer.Option(help="Built-in benchmark: training clips (0: default).")] = 0,
+    benchmark_version: Annotated[int, typer.Option(help="Built-in benchmark version: 1 (the original) or 2 (adds questions the audio answers imperfectly when the camera is missing).")] = 1,
     manifest_dir: Annotated[Optional[Path], typer.Option(help="Custom data: a folder with train/val/test.jsonl manifests.")] = None,
     music_avqa: Annotated[Optional[Path], typer.Option(help="MUSIC-AVQA: folder with avqa-{train,val,test}.json.")] = None,
     features: Annotated[Optional[Path], typer.Option(help="MUSIC-AVQA: feature root (vggish/, res18_14x14/).")] = None,
@@ -65,6 +66,8 @@ def train(
         return
     if manifest_dir and music_avqa:
         raise AvqaError("give either --manifest-dir or --music-avqa, not both")
+    if benchmark_version != 1 and (manifest_dir or music_avqa or resume):
+        raise AvqaError("--benchmark-version applies to a new run on the built-in benchmark")
     if music_avqa and not features:
         raise AvqaError("--music-avqa needs --features (the folder holding vggish/ and res18_14x14/)")
     if preset == "paper" and not music_avqa:
@@ -80,7 +83,7 @@ def train(
     elif music_avqa:
         spec = {"kind": "music-avqa", "questions": str(music_avqa.resolve()), "features": str(features.resolve())}
     else:
-        spec = builtin_spec(seed=data_seed, train_clips=train_clips)
+        spec = builtin_spec(seed=data_seed, train_clips=train_clips, version=benchmark_version)
     model_cfg = make_preset(preset, use_rmm=not no_rmm, use_avr=not no_avr, n_slots=slots,
                             diffusion_steps=diffusion_steps, avr_start=avr_start, addressing=addressing,
                             audio_heads=audio_heads,
