@@ -20,6 +20,18 @@ mixing), so every answer of :func:`candidate_questions` is computed from the sce
 :func:`generate` samples scenes, renders them, and picks questions so that answers are
 balanced within each template (and within each question text, so a name in the question is
 no shortcut). Everything is deterministic from ``(config, seed, split)``.
+
+Versions (``SynthConfig.version``): 1, the default, is what every run and result so far used,
+bit for bit. 2 draws, after all of version 1's draws, a light or dark finish for each visible
+instrument and a low or high register for every one (the register follows the finish with
+chance 0.8), and adds the Visual/Identity and Visual/Attribute questions, which need the video
+but whose answers the audio predicts imperfectly: with the camera missing there is a partly
+recoverable gap (toolkit/scoring.py: CLASSIFICATION says which types each sensor can answer).
+
+Modules: config (constants, SynthConfig), scene (ground truth and its sampling), video and
+audio (rendering each), noise (shared noise, per-part random streams), render (a scene ->
+frames, audio), questions (templates, candidates, the balanced choice), cache (a split, built
+or read from its .npz cache).
 """
 from .cache import cache_key, generate
 from .config import BENCHMARK_VERSIONS, GENERATOR_VERSION, INSTRUMENTS, LOCATIONS, SPLITS, SynthConfig, generator_version
