@@ -18,7 +18,7 @@ from avqa_edge.runtime.text import Vocabulary
 from .checkpoint import load_model, read_json, write_json
 from .data.loader import SplitData
 from .data.specs import load_split, same_data
-from .scoring import (MISSING_SCENARIOS, answerable_sets, NOISE_SCENARIOS, UNCERTAIN, answerable_accuracy, feature_std,
+from .scoring import (MISSING_SCENARIOS, NOISE_SCENARIOS, UNCERTAIN, answerable_accuracy, answerable_sets, feature_std,
                        gap_closed, gap_interval, is_correct, markdown_table, predict, score)
 from .model.avqa import FILL_METHODS
 
