@@ -199,3 +199,45 @@ def check_against(th: HealthThresholds, frames: List[Frame], chunks: List[AudioC
         flagged["mic"] += 0 if mc.check(ch)[0].ok else 1
     return flagged
 
+
+
+def calibrate_device(camera: str, mic: str, seconds: float, bundle=None, log=lambda *_: None):
+    """`avqa-edge calibrate`: record `seconds` of a healthy scene from the given devices and fit
+    the thresholds on it; sensors not recorded keep the bundle's (or the built-in) ones.
+    -> (thresholds, report lines)."""
+    from avqa_edge.runtime.clock import RealClock
+    from avqa_edge.runtime.redact import redact
+    from avqa_edge.runtime.sources import camera_factory, mic_factory
+    if camera == "none" and mic == "none":
+        raise AvqaError("give --camera and/or --mic to record")
+    if "demo" in (camera, mic):
+        raise AvqaError("calibrate records a real device; the demo source's thresholds come from the bundle already")
+    if not 2 <= seconds <= 3600:
+        raise AvqaError("--seconds must lie in [2, 3600]")
+    base = HealthThresholds()
+    if bundle is not None:
+        from avqa_edge.calibration.calibset import CalibrationSet
+        cs = CalibrationSet.load(bundle / "calibration")
+        base = fit_from_calibset(cs.frames, cs.audio)
+    clock = RealClock()
+    cam_f, mic_f = camera_factory(camera, clock), mic_factory(mic, clock)
+    log(f"recording {seconds:g} s of a healthy scene (keep it ordinary: quiet moments and stillness are fine) ...")
+    frames, chunks = record_device(cam_f() if cam_f else None, mic_f() if mic_f else None, seconds, clock, log=log)
+    th = fit_from_recording(frames, chunks, base, source=redact(f"camera {camera}, mic {mic}, {seconds:g} s"))
+    return th, fit_lines(th, check_against(th, frames, chunks), len(frames), len(chunks))
+
+
+def fit_lines(th: HealthThresholds, flagged: Dict[str, int], n_frames: int, n_chunks: int) -> List[str]:
+    """The fitted thresholds in words, and how many recorded items they would flag."""
+    from avqa_edge.runtime.health import dbfs
+    c, m, lines = th.camera, th.mic, []
+    if n_frames:
+        lines.append(f"  camera: black below luma {c.black_luma:.1f}, saturated above {c.saturated_frac:.0%}, snow above "
+                     f"roughness {c.noise_roughness:.2f}, frozen at difference <= {c.freeze_diff:.2f}"
+                     + ("" if c.freeze_content else " (content check off: the recording had identical frames)")
+                     + f", stall after {c.stall_s:.1f} s; {flagged['camera']} of {n_frames} recorded frames flagged")
+    if n_chunks:
+        lines.append(f"  mic: silence below {m.silence_level:.5f} ({dbfs(m.silence_level):.0f} dBFS), "
+                     f"clipping above {m.clip_frac:.1%}, noise at level >= {m.noise_level:.3f}, stall after {m.stall_s:.1f} s; "
+                     f"{flagged['mic']} of {n_chunks} recorded chunks flagged")
+    return lines

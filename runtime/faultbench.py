@@ -247,3 +247,28 @@ def _short(reason: str, n: int = 34) -> str:
     head = reason.split(" (")[0].split(";")[0]
     return head if len(head) <= n else head[:n - 1] + "…"
 
+
+
+def table(report: FaultReport, trials: int, fault_s: float):
+    """The report as a rich Table (rich is imported here, on use)."""
+    from rich.table import Table
+    out = Table(title=f"fault injection ({report.clock} clock, {trials} trials per kind, faults of {fault_s:g} s)")
+    for col in ("sensor", "kind", "detected", "median s", "max s", "recovered", "max s", "false alarms", "<= 1 s",
+                "reason"):
+        out.add_column(col, no_wrap=col == "reason", overflow="ellipsis")
+    for row in table_rows(report):
+        out.add_row(*row)
+    return out
+
+
+def summary_lines(report: FaultReport) -> List[str]:
+    """What the columns mean, and the healthy replay's false alarms."""
+    lines = ["detected / median s / max s: time to detect (failed state) after the fault starts; "
+             "recovered / max s: back to ok after it ends"]
+    if report.healthy is not None:
+        h, clips = report.healthy, report.clips
+        lines.append(f"healthy replay of {h.seconds:g} s ({'held-out' if clips['holdout'] else 'fitted'} clips "
+                     f"{clips['replayed'][:8]}{'...' if len(clips['replayed']) > 8 else ''}): "
+                     f"{h.failed} false alarms (failed), {h.degraded} degraded episodes")
+        lines += [f"  {r}" for r in h.reasons[:10]]
+    return lines

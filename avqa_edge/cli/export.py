@@ -5,7 +5,6 @@ from typing import List, Optional
 import typer
 from typing_extensions import Annotated
 
-from ..errors import AvqaError
 
 
 def export(
@@ -29,76 +28,18 @@ def export(
 
     The bundle: seven ONNX graphs (eight with a video expert) + FP16 variants, a calibration
     set and a manifest with hashes. --trt then builds TensorRT engines on this device."""
-    if from_bundle is not None:
-        # the device path: no torch, no training code (export.trt_build imports neither)
-        if not trt:
-            raise AvqaError("--from-bundle only builds TensorRT engines: add --trt")
-        if run_dir is not None or out is not None:
-            raise AvqaError("--from-bundle builds into the given bundle: drop RUN_DIR and --out")
-        _build_engines(from_bundle, workspace_mib, timing_cache, threads)
+    from ..console import make_console
+    from ..export import workflow as W
+    W.check_export_args(run_dir, out, trt, from_bundle, workspace_mib, prompt)
+    show = make_console().print
+    if from_bundle is not None:          # the device path: no torch, no training code
+        W.build_engines(from_bundle, workspace_mib, timing_cache, threads, log=typer.echo, show=show)
         return
-    if run_dir is None or out is None:
-        raise AvqaError("give RUN_DIR and --out BUNDLE (or --trt --from-bundle BUNDLE on the device)")
-    if workspace_mib < 1:
-        raise AvqaError("--workspace-mib must be positive")
-    if prompt is not None and not (prompt / "prompts.safetensors").is_file():
-        raise AvqaError(f"--prompt {prompt}: no prompts.safetensors there (train one with `avqa-edge train --method prompt --from {run_dir}`)")
-    from rich.console import Console
-
-    from ..export.bundle_export import export_bundle, parity_table, summary_table
-    from ..export.parity import gate
-    console = Console()
-    thresholds = _thresholds(fp32_max_abs_rms, fp32_cosine, fp16_agreement, tie_margin)
-    result = export_bundle(run_dir, out, log=typer.echo, exporter=exporter, calib_clips=calib_clips,
-                           overwrite=overwrite, threads=threads, thresholds=thresholds, raise_on_failure=False)
-    console.print(summary_table(result))
-    if result.parity is not None:
-        console.print(parity_table(result.parity))
-        gate(result.parity, f"the bundle in {out} is marked as failed; see {out / 'parity.md'}")
-    if prompt is not None:
-        from ..export.prompt_export import add_prompts_to_bundle
-        typer.echo(f"prompt graphs from {prompt}:")
-        report = add_prompts_to_bundle(out, prompt, threads=threads, exporter=exporter, thresholds=thresholds, log=typer.echo)
-        console.print(parity_table(report))
-        gate(report, f"the prompt graphs of {out}; see {out / 'parity_prompts.md'}")
-        typer.echo("prompt parity PASSED")
+    limits = W.thresholds(fp32_max_abs_rms, fp32_cosine, fp16_agreement, tie_margin)
+    W.export_and_check(run_dir, out, limits, exporter=exporter, calib_clips=calib_clips, overwrite=overwrite,
+                       threads=threads, prompt=prompt, log=typer.echo, show=show)
     if trt:
-        _build_engines(out, workspace_mib, timing_cache, threads)
-
-
-def _thresholds(fp32_max_abs_rms: float, fp32_cosine: float, fp16_agreement: float, tie_margin: float):
-    from ..export.parity_refs import Thresholds
-    if not (fp32_max_abs_rms >= 0 and tie_margin >= 0 and 0 <= fp32_cosine <= 1 and 0 <= fp16_agreement <= 1):
-        raise AvqaError("parity thresholds: tolerances must be >= 0, cosine and agreement within [0, 1]")
-    return Thresholds(fp32_max_abs_rms=fp32_max_abs_rms, fp32_cosine=fp32_cosine, fp16_agreement=fp16_agreement,
-                      tie_margin=tie_margin)
-
-
-def _build_engines(bundle: Path, workspace_mib: int, timing_cache: Optional[Path], threads: int = 0) -> None:
-    try:
-        from ..export.trt_build import build_bundle_engines
-    except ImportError as e:
-        raise AvqaError(f"the TensorRT engine builder is not available ({e})") from None
-    result = build_bundle_engines(bundle, workspace_mib=workspace_mib, timing_cache=timing_cache, log=typer.echo,
-                                  threads=threads)
-    typer.echo(f"engines recorded in {bundle / 'manifest.json'}: {', '.join(sorted(result['engines']))}")
-    if result.get("parity") is not None:
-        _print_report(result["parity"])
-
-
-def _print_report(report) -> None:
-    from rich.console import Console
-
-    from ..export.parity_refs import cross_table, parity_table
-    console = Console()
-    console.print(parity_table(report))
-    if report.cross:
-        console.print(cross_table(report))
-    for a in report.agreement:
-        typer.echo(f"  answers {a.precision}/{a.scenario}: {a.rate:.2%} agree ({a.questions} questions"
-                   + (f", {len(a.excused)} near ties excused" if a.excused else "") + ")")
-    if report.info.get("trt_vs_ort", "compared") != "compared":
-        typer.echo(f"  {report.info['trt_vs_ort']}")
+        W.build_engines(out, workspace_mib, timing_cache, threads, log=typer.echo, show=show)
 
 
 def parity(
@@ -118,32 +59,12 @@ def parity(
 
     Per-component errors and answer agreement per scenario. --backend torch runs PyTorch;
     ort and trt compare with the references stored at export, without torch."""
-    from ..errors import ConfigError
+    from ..console import make_console
+    from ..export import workflow as W
     from ..export.parity_refs import gate
-    if backend not in ("torch", "ort", "trt"):
-        raise ConfigError(f"--backend must be torch, ort or trt, got {backend!r}")
-    if backend == "torch" and precision is not None:
-        raise ConfigError("--precision applies to --backend ort | trt (the torch gate checks fp32 and fp16)")
-    if backend != "torch" and run is not None:
-        raise ConfigError("--run applies to --backend torch (ort and trt use the references stored in the bundle)")
-    thresholds = _thresholds(fp32_max_abs_rms, fp32_cosine, fp16_agreement, tie_margin)
-    if backend == "torch":
-        from ..export.parity import parity_for_bundle
-        report = parity_for_bundle(bundle, run, thresholds=thresholds, json_path=json_path, threads=threads,
-                                   log=typer.echo, scenarios=scenario)
-    else:
-        from ..export import parity_refs as R
-        from ..runtime import atomic
-        report = R.stored_parity(bundle, backend, [precision] if precision else None, thresholds=thresholds,
-                                 scenarios=scenario, threads=threads, log=typer.echo)
-        manifest = R.record_parity(bundle, report, backend)
-        rec = (manifest["engines"][next(iter(manifest["engines"]))]["parity"] if backend == "trt"
-               else manifest["parity_checks"][f"ort-{'+'.join(report.info['precisions'])}"])
-        report.info["report"] = rec["report"][0] if isinstance(rec["report"], list) else rec["report"]
-        if json_path is not None:
-            json_path.parent.mkdir(parents=True, exist_ok=True)
-            atomic.write_json(json_path, report.to_dict())
-    _print_report(report)
+    limits = W.thresholds(fp32_max_abs_rms, fp32_cosine, fp16_agreement, tie_margin)
+    report = W.check_parity(bundle, backend, precision, run, limits, scenario, threads, json_path, log=typer.echo)
+    W.print_report(report, typer.echo, make_console().print)
     where = bundle / report.info["report"]
     gate(report, f"report: {where}")
     typer.echo(f"parity PASSED; report: {where}")

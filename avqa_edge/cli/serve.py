@@ -84,10 +84,28 @@ def serve(
     """Answer questions about the live camera and microphone; keep answering when one fails.
 
     HTTP API + web page, or --ask / --stdin in the terminal. Torch-free."""
-    from ..runtime.redact import redact
-    from ..runtime.server import is_loopback, run_server
     from ..runtime.service import ServeConfig, build_service
+    camera, mic = _check_options(camera, mic, demo, ask, stdin, every, duration, top_k, host, token, max_body)
+    cfg = ServeConfig(camera=camera, mic=mic, backend=backend, allow_unverified_engines=allow_unverified_engines,
+                      precision=precision, threads=threads, method=method,
+                      inject=inject or "", thresholds=str(thresholds) if thresholds else None,
+                      confidence=str(confidence) if confidence else None, strict=strict, warmup_s=warmup, top_k=top_k,
+                      demo_question=ask if "demo" in (camera, mic) else None)
+    svc = build_service(bundle, cfg, log=_err)
+    _err(_serving_line(bundle, svc))
+    try:
+        if ask is not None or stdin:
+            svc.start()
+            _terminal(svc, ask, every, duration, json_out)
+        else:
+            _http(svc, host, port, token, max_body, duration, allow_host or ())
+    finally:
+        svc.stop()
 
+
+def _check_options(camera, mic, demo, ask, stdin, every, duration, top_k, host, token, max_body):
+    """Impossible combinations, refused before anything opens. -> (camera, mic)."""
+    from ..runtime.server import is_loopback
     if demo:
         if camera not in ("demo",) or mic not in ("demo",):
             raise AvqaError("--demo replays the demo source on both sensors: drop --camera / --mic")
@@ -105,29 +123,26 @@ def serve(
                           "server beyond this machine: give --token (or AVQA_EDGE_TOKEN)")
     if max_body < 256:
         raise AvqaError("--max-body must be at least 256 bytes")
-    cfg = ServeConfig(camera=camera, mic=mic, backend=backend, allow_unverified_engines=allow_unverified_engines,
-                      precision=precision, threads=threads, method=method,
-                      inject=inject or "", thresholds=str(thresholds) if thresholds else None,
-                      confidence=str(confidence) if confidence else None, strict=strict, warmup_s=warmup, top_k=top_k,
-                      demo_question=ask if "demo" in (camera, mic) else None)
-    svc = build_service(bundle, cfg, log=_err)
-    _err(redact(f"serving {bundle} with {svc.pipeline.name}, method {svc.method_text()}; "
-                f"camera: {svc.links['camera'].description}; mic: {svc.links['mic'].description}"
-                + (f"; injecting {', '.join(map(str, svc.faults))}" if svc.faults else "")))
-    try:
-        if ask is not None or stdin:
-            svc.start()
-            _terminal(svc, ask, every, duration, json_out)
-        else:
-            def ready(server):
-                sock = server.servers[0].sockets[0].getsockname() if server.servers else (host, port)
-                name = f"[{host}]" if ":" in host else host
-                _err(f"listening on http://{name}:{sock[1]}/ (web page), POST /ask, GET /readyz /metrics"
-                     + (" (Bearer token required)" if token else ""))
-            run_server(svc, host=host, port=port, token=token, max_body=max_body, duration_s=duration, ready_cb=ready,
-                       allow_hosts=allow_host or ())
-    finally:
-        svc.stop()
+    return camera, mic
+
+
+def _serving_line(bundle, svc) -> str:
+    from ..runtime.redact import redact
+    return redact(f"serving {bundle} with {svc.pipeline.name}, method {svc.method_text()}; "
+                  f"camera: {svc.links['camera'].description}; mic: {svc.links['mic'].description}"
+                  + (f"; injecting {', '.join(map(str, svc.faults))}" if svc.faults else ""))
+
+
+def _http(svc, host: str, port: int, token, max_body: int, duration, allow_hosts) -> None:
+    from ..runtime.server import run_server
+
+    def ready(server):
+        sock = server.servers[0].sockets[0].getsockname() if server.servers else (host, port)
+        name = f"[{host}]" if ":" in host else host
+        _err(f"listening on http://{name}:{sock[1]}/ (web page), POST /ask, GET /readyz /metrics"
+             + (" (Bearer token required)" if token else ""))
+    run_server(svc, host=host, port=port, token=token, max_body=max_body, duration_s=duration, ready_cb=ready,
+               allow_hosts=allow_hosts)
 
 
 def _terminal(svc, ask: Optional[str], every: float, duration: Optional[float], json_out: bool) -> None:
