@@ -50,3 +50,21 @@ def test_gap_line_lists_each_seed_with_its_interval(tmp_path):
         files.append(path)
     text = report(files)
     assert "visual_missing 36.0 ± 24.0 % (53 [30, 75], 19)" in text
+
+
+def test_types_beyond_the_nine_get_their_own_columns(tmp_path):
+    """Version 2's types and a custom data set's own type names are reported, not dropped."""
+    files = []
+    for i, x in enumerate((0.5, 0.7)):
+        path = _eval(tmp_path, f"v{i}", x, x, x)
+        d = json.loads(path.read_text())
+        for methods in d["scenarios"].values():
+            for acc in methods.values():
+                acc["Visual/Identity"], acc["Kitchen/Timer"] = x, x / 2
+        path.write_text(json.dumps(d))
+        files.append(path)
+    head, sep, first = report(files).split("\n")[2:5]
+    cols = [c.strip() for c in head.strip("|").split("|")]
+    assert cols.index("Visual/Identity") < cols.index("Kitchen/Timer") < cols.index("All")
+    cells = [c.strip() for c in first.strip("|").split("|")]
+    assert cells[cols.index("Visual/Identity")] == "60.0 ± 14.1" and cells[cols.index("Kitchen/Timer")] == "30.0 ± 7.1"

@@ -3,7 +3,7 @@
 Each input is one seed's eval JSON (`{"scenarios": {SCENARIO: {METHOD: {"overall": ACC,
 TYPE: ACC}}}, "answerable": ..., ...}`); a `--extra LABEL=FILE,FILE,...` group adds the
 rows of other runs (e.g. the `paper` addressing variant) under their own label. For each
-missing-sensor scenario the report also tests the issue's criterion on the question types
+missing-sensor scenario the report also tests, on the question types
 the remaining sensor can answer: does `rmm+avr` beat `zero_fill` and `dropout` by more
 than twice the standard deviation over seeds (of the paired per-seed difference)?
 """
@@ -16,7 +16,7 @@ import numpy as np
 from avqa_edge.errors import AvqaError
 
 from .data.types import QUESTION_TYPES
-from .scoring import ANSWERABLE, SHORT
+from .scoring import ANSWERABLE, SHORT, extra_types
 
 Rows = Dict[Tuple[str, str], List[Dict[str, float]]]   # (scenario, method) -> one dict per seed
 
@@ -86,12 +86,13 @@ def report(paths: Sequence[Path], extra: Dict[str, Sequence[Path]] = None) -> st
     gen = {r.get("generator_version") for r in results}
     lines = [f"Mean ± std over {n_seeds} training seeds (sample std), accuracy in %, "
              f"{results[0].get('n', '?')} test questions per seed, generator {', '.join(sorted(map(str, gen)))}.", ""]
-    cols = [SHORT[t][0] + " " + SHORT[t][1] for t in QUESTION_TYPES]
+    types = list(QUESTION_TYPES) + extra_types(results[0]["scenarios"])     # + version 2's / a custom set's
+    cols = [SHORT[t][0] + " " + SHORT[t][1] if t in SHORT else t for t in types]
     lines.append("| Scenario | Method | " + " | ".join(cols) + " | All | Answerable |")
     lines.append("|---" * (len(cols) + 4) + "|")
     for (scen, method), accs in rows.items():
         ans = _ms([answerable_mean(a, scen) for a in accs]) if scen in ANSWERABLE else ""
-        cells = [_ms([a[t] for a in accs]) if all(t in a for a in accs) else "" for t in QUESTION_TYPES]
+        cells = [_ms([a[t] for a in accs]) if all(t in a for a in accs) else "" for t in types]
         lines.append(f"| {scen} | {method} | " + " | ".join(cells) + f" | {_ms([a['overall'] for a in accs])} | {ans} |")
     q_only = [r["question_only"]["overall"] for r in results if "question_only" in r]
     if q_only:
