@@ -1,7 +1,7 @@
 """Export bundle: the seven graphs (eight: the tiny run has a video
 expert, as the edge preset does) and their FP16 variants, the AVR
 graph's reverse steps, the calibration set, the manifest's hashes, the parity gate, the
-torch-free runtime and the CLI. The tiny run is exported once (through the CLI) per session."""
+torch-free runtime and the CLI. The tiny run is exported once (through the CLI) per test run."""
 import hashlib
 import json
 import os
@@ -541,7 +541,7 @@ def test_failed_export_leaves_no_bundle(tiny_run, tmp_path, monkeypatch):
 def test_cli_trt_writes_the_bundle_then_fails_clearly(exported, tiny_run, tmp_path, monkeypatch):
     """--trt: the ONNX bundle first, then the engine build; where TensorRT / a GPU is missing,
     a non-zero exit with the how-to message. (The export itself is stubbed with a copy of the
-    session's bundle to keep the test fast.)"""
+    test run's bundle to keep the test fast.)"""
     from avqa_edge.export import bundle_export
     calls = []
 

@@ -3,7 +3,7 @@ prompts, the health state picks each answer's prompt set (complete -> `complete`
 -> `visual`, microphone lost -> `audio`), `--method` chooses between that and rmm+avr, and
 the confidence calibration is fitted per method on that method's logits.
 
-The bundles come from the session's tiny run (tests/conftest.py): one exported without
+The bundles come from the tiny run the tests share (tests/conftest.py): one exported without
 prompts, and a copy with a 6-step prompt run's graphs added (`export --prompt`'s code path)."""
 import json
 import shutil

@@ -643,8 +643,8 @@ def test_tiny_graphs_match_their_reference_on_onnxruntime(tmp_path, fused_layern
     # the graph as written (ORT's LayerNorm fusion mistypes the spelled-out FP16 variant)
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     for name, atol in (("tiny.onnx", 1e-5), ("tiny.fp16.onnx", 5e-3)):
-        session = ort.InferenceSession(str(tmp_path / name), opts, providers=["CPUExecutionProvider"])
-        y, z = session.run(["y", "z"], {"x": x})
+        graph = ort.InferenceSession(str(tmp_path / name), opts, providers=["CPUExecutionProvider"])
+        y, z = graph.run(["y", "z"], {"x": x})
         np.testing.assert_allclose(y, y_ref, atol=atol, rtol=5e-2)
         np.testing.assert_allclose(z, z_ref, atol=atol, rtol=5e-2)
 
