@@ -1,43 +1,29 @@
-"""Run directories: weights in safetensors, everything else in JSON (no pickle).
-
-RUN_DIR/config.json        model config (vocab, answers), train config, data spec, versions
-RUN_DIR/model.safetensors  best-on-validation weights (written atomically)
-RUN_DIR/last.safetensors   latest weights + Adam state, for --resume
-RUN_DIR/state.json         step, best score, finished flag
+"""Weights in safetensors, everything else in JSON (no pickle); the layout of a run directory
+and its crash safety are toolkit/rundir.py's.
 """
-import json
-import os
 from pathlib import Path
 from typing import Dict, Tuple
 
 import torch
 
-from avqa_edge.errors import AvqaError
+from avqa_edge.errors import RunError
+from avqa_edge.runtime import atomic
 
 from .config import ARCH_VERSION, ModelConfig
 from .model.avqa import AVQAModel
+from .rundir import read_json  # noqa: F401  (re-exported: eval and tests read runs through here)
 
 
 def write_json(path: Path, obj) -> None:
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
-
-
-def read_json(path: Path) -> Dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise AvqaError(f"{path} not found") from None
-    except json.JSONDecodeError as e:
-        raise AvqaError(f"{path} is not valid JSON: {e}") from None
+    atomic.write_json(path, obj)
 
 
 def save_tensors(path: Path, tensors: Dict[str, torch.Tensor], meta: Dict[str, str]) -> None:
+    """Atomically (fsynced temp file, rename) replace `path` with `tensors`."""
     from safetensors.torch import save_file
-    tmp = Path(str(path) + ".tmp")
+    tmp = Path(str(path) + atomic.TMP_SUFFIX)
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    atomic.commit_file(tmp, path)
 
 
 def optimizer_tensors(opt: torch.optim.Optimizer) -> Dict[str, torch.Tensor]:
@@ -65,24 +51,24 @@ def load_model(run_dir, weights: str = "model.safetensors") -> Tuple[AVQAModel, 
     from safetensors.torch import load_file
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise AvqaError(f"run directory {run_dir} not found")
+        raise RunError(f"run directory {run_dir} not found")
     config = read_json(run_dir / "config.json")
     if config.get("kind") == "prompt":
-        raise AvqaError(f"{run_dir} is a prompt run (issue 5): it holds prompts, not a model; use its base run "
+        raise RunError(f"{run_dir} is a prompt run: it holds prompts, not a model; use its base run "
                         f"{(config.get('base') or {}).get('dir')} with --prompt {run_dir}")
     path = run_dir / weights
     if not path.exists():
-        raise AvqaError(f"{path} not found: has `avqa-edge train --out {run_dir}` run to its first validation?")
+        raise RunError(f"{path} not found: has `avqa-edge train --out {run_dir}` run to its first validation?")
     cfg = ModelConfig.from_dict(config["model"])
     if cfg.arch != ARCH_VERSION:
-        raise AvqaError(f"{run_dir} was trained with model version {cfg.arch}; this avqa-edge builds version "
+        raise RunError(f"{run_dir} was trained with model version {cfg.arch}; this avqa-edge builds version "
                         f"{ARCH_VERSION}: train it again (or use the avqa-edge release that made it)")
     model = AVQAModel(cfg)
     tensors = load_file(str(path))
     try:
         missing, unexpected = model.load_state_dict({k: v for k, v in tensors.items() if not k.startswith(("opt.", "tagger."))}, strict=False)
     except RuntimeError as e:
-        raise AvqaError(f"{path} does not match its config ({str(e).splitlines()[-1].strip()})") from None
+        raise RunError(f"{path} does not match its config ({str(e).splitlines()[-1].strip()})") from None
     if missing or unexpected:
-        raise AvqaError(f"{path} does not match its config: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        raise RunError(f"{path} does not match its config: missing {missing[:3]}, unexpected {unexpected[:3]}")
     return model.eval(), config

@@ -1,5 +1,5 @@
 """`avqa-edge train --method prompt --from RUN_DIR`: prompt learning on a frozen trained run
-(issue 5; METHOD.md section 5), and its cost against full fine-tuning, measured in the same run.
+(METHOD.md section 5), and its cost against full fine-tuning, measured in the same run.
 
 Everything of the base run is frozen: encoders, RMM, AVR, backbone, with the whole model in
 eval mode, so BatchNorm running statistics do not move. Only the PromptBank trains. Each
@@ -37,10 +37,11 @@ import torch
 from torch.nn import functional as F
 
 from avqa_edge import __version__
-from avqa_edge.errors import AvqaError
+from avqa_edge.errors import AvqaError, ConfigError, RunError
 from avqa_edge.runtime.text import Vocabulary
 
-from .checkpoint import load_model, read_json, save_tensors, write_json
+from . import rundir
+from .checkpoint import load_model, read_json, save_tensors
 from .data.loader import SplitData
 from .data.specs import load_split
 from .scoring import NOISE_SCENARIOS, feature_std, predict, score
@@ -67,9 +68,9 @@ class PromptTrainConfig:
 
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1 or self.eval_every < 1:
-            raise AvqaError("steps, batch size and --eval-every must be positive")
+            raise ConfigError("steps, batch size and --eval-every must be positive")
         if self.measure_steps < 0 or 0 < self.measure_steps < 3:
-            raise AvqaError("--measure-steps must be 0 (skip) or at least 3")
+            raise ConfigError("--measure-steps must be 0 (skip) or at least 3")
 
 
 # ---- runs -------------------------------------------------------------------------------------
@@ -87,12 +88,12 @@ def load_base(run_dir: Path):
     """The finished base run to adapt -> (model, config)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise AvqaError(f"--from {run_dir}: run directory not found")
+        raise RunError(f"--from {run_dir}: run directory not found")
     if (read_json(run_dir / "config.json") if (run_dir / "config.json").exists() else {}).get("kind") == "prompt":
-        raise AvqaError(f"--from {run_dir} is a prompt run; give the trained run it came from")
+        raise RunError(f"--from {run_dir} is a prompt run; give the trained run it came from")
     state = read_json(run_dir / "state.json")
     if not state.get("finished"):
-        raise AvqaError(f"--from {run_dir}: training has not finished (step {state.get('step')})")
+        raise RunError(f"--from {run_dir}: training has not finished (step {state.get('step')})")
     return load_model(run_dir)
 
 
@@ -102,24 +103,24 @@ def load_prompts(prompt_run: Path, base_run: Optional[Path] = None) -> Tuple[Pro
     from safetensors.torch import load_file
     prompt_run = Path(prompt_run)
     if not prompt_run.is_dir():
-        raise AvqaError(f"prompt run {prompt_run} not found")
+        raise RunError(f"prompt run {prompt_run} not found")
     config = read_json(prompt_run / "config.json")
     if config.get("kind") != "prompt":
-        raise AvqaError(f"{prompt_run} is not a prompt run (`avqa-edge train --method prompt --from RUN`)")
+        raise RunError(f"{prompt_run} is not a prompt run (`avqa-edge train --method prompt --from RUN`)")
     path = prompt_run / "prompts.safetensors"
     if not path.exists():
-        raise AvqaError(f"{path} not found: has the prompt training reached its first validation?")
+        raise RunError(f"{path} not found: has the prompt training reached its first validation?")
     if base_run is not None:
         want = config["base"]["weights_sha256"]
         if _sha256(Path(base_run) / "model.safetensors") != want:
-            raise AvqaError(f"{prompt_run} was trained on {config['base']['dir']}, whose weights differ from "
+            raise RunError(f"{prompt_run} was trained on {config['base']['dir']}, whose weights differ from "
                             f"{base_run}'s: prompts only fit the weights they were trained with")
     bank = PromptBank(PromptConfig(**config["prompt"]))
     tensors = load_file(str(path))
     try:
         bank.load_state_dict(tensors, strict=True)
     except RuntimeError as e:
-        raise AvqaError(f"{path} does not match its config ({str(e).splitlines()[-1].strip()})") from None
+        raise RunError(f"{path} does not match its config ({str(e).splitlines()[-1].strip()})") from None
     return bank.eval(), config
 
 
@@ -289,6 +290,7 @@ def validate(model, bank: PromptBank, val: SplitData, feat_std, limit: int) -> D
 
 def train_prompts(run_dir: Path, base_run: Path, cfg: PromptTrainConfig, log: Callable[[str], None] = print) -> Dict:
     run_dir, base_run = Path(run_dir), Path(base_run)
+    rundir.start_new(run_dir, log)     # before the measurements: a folder that cannot take the run fails at once
     torch.manual_seed(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -310,14 +312,12 @@ def train_prompts(run_dir: Path, base_run: Path, cfg: PromptTrainConfig, log: Ca
     n_model = sum(p.numel() for p in model.parameters())
     lr = cfg.lr or PROMPT_LR
     opt = torch.optim.Adam(bank.parameters(), lr=lr)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "config.json", {
-        "package": "avqa-edge", "version": __version__, "torch": torch.__version__, "kind": "prompt",
+    rundir.write_config(run_dir, {
+        "version": __version__, "torch": torch.__version__, "kind": "prompt",
         "base": {"dir": str(base_run.resolve()), "model_hash": config.get("model_hash"),
                  "weights_sha256": _sha256(base_run / "model.safetensors")},
         "prompt": bank.cfg.to_dict(), "train": asdict(cfg), "data": config["data"],
         "conditions": list(PROMPT_CONDITIONS), "condition_case": CONDITION_CASE})
-    write_json(run_dir / "state.json", {"step": 0, "best_score": -1.0, "finished": False, "history": []})
     log(f"prompt training: {n_train:,} trainable parameters ({len(bank.cfg.cases)} sets of {cfg.n_input} + {cfg.n_input} "
         f"input tokens and {cfg.n_attn} key/value tokens), {n_model:,} frozen; {cfg.steps} steps x {cfg.batch_size}, lr {lr:g}")
     rng, gen = np.random.default_rng([cfg.seed, 1]), torch.Generator().manual_seed(cfg.seed)
@@ -344,7 +344,7 @@ def train_prompts(run_dir: Path, base_run: Path, cfg: PromptTrainConfig, log: Ca
                 best = val["score"]
                 save_tensors(run_dir / "prompts.safetensors", bank.state_dict(),
                              {"base_model_hash": str(config.get("model_hash")), "step": str(step + 1)})
-            write_json(run_dir / "state.json", {"step": step + 1, "best_score": best, "finished": False, "history": history})
+            rundir.write_state(run_dir, {"step": step + 1, "best_score": best, "finished": False, "history": history})
             log(f"step {step + 1}: loss {ema:.3f}; val (prompt_oracle) " +
                 " ".join(f"{c} {val[c]:.3f}" for c in PROMPT_CONDITIONS) + ("  (best, saved)" if improved else ""))
             t_loop = time.time() - train_sec       # restart the clock where training stopped: validation is not training
@@ -357,8 +357,8 @@ def train_prompts(run_dir: Path, base_run: Path, cfg: PromptTrainConfig, log: Ca
                "frozen_parameters": n_model, "train_seconds": round(train_seconds, 1),
                "sec_per_step": round(train_seconds / cfg.steps, 4),
                "seconds": round(time.time() - t0, 1), "base_model_unchanged": unchanged, "costs": costs}
-    write_json(run_dir / "state.json", {"step": cfg.steps, "best_score": best, "finished": True, "history": history,
-                                        "summary": summary})
+    rundir.write_state(run_dir, {"step": cfg.steps, "best_score": best, "finished": True, "history": history,
+                                 "summary": summary})
     log(f"done in {summary['seconds'] / 60:.1f} min ({train_seconds:.0f} s of prompt training); best validation score "
         f"{best:.3f}; prompts in {run_dir / 'prompts.safetensors'}")
     return summary
