@@ -167,15 +167,15 @@ def test_resume_continues_from_the_last_checkpoint(tiny_spec, tmp_path):
           log=lambda *_: None)
     before = load_file(str(run / "last.safetensors"))
     assert any(k.startswith("opt.") for k in before), "Adam state is saved for resume"
-    # pretend the run was asked for 12 stage-2 steps and stopped at its 6th: it resumes inside stage 2
-    config = read_json(run / "config.json")
-    config["train"]["refit_steps"] = 12
-    (run / "config.json").write_text(json.dumps(config))
+    # pretend the run stopped after its last checkpoint, and lengthen its stage 2: it resumes inside stage 2
     state = read_json(run / "state.json")
     state["finished"] = False
     (run / "state.json").write_text(json.dumps(state))
-    res = CliRunner().invoke(app, ["train", "--out", str(run), "--resume"])
+    res = CliRunner().invoke(app, ["train", "--out", str(run), "--resume", "--refit-steps", "12"])
     assert res.exit_code == 0, res.output
+    assert "refit_steps 6 -> 12" in res.output
+    config = read_json(run / "config.json")
+    assert config["train"]["refit_steps"] == 12 and config["resumed"] == [{"step": 12, "changed": {"refit_steps": [6, 12]}}]
     state = read_json(run / "state.json")
     # losses logged every eval_every steps; stage 1 validated at its end only (a stage 2 follows)
     assert state["finished"] and [h["step"] for h in state["history"]] == [3, 6, 9, 12, 15, 18]
@@ -204,16 +204,17 @@ def test_runs_of_an_older_model_version_are_refused_cleanly(tiny_run, tmp_path):
 
 
 def test_stage_1_writes_resume_checkpoints_between_its_validations(tiny_spec, tmp_path, monkeypatch):
+    from avqa_edge.toolkit import checkpoint as C
     from avqa_edge.toolkit import train as T
     from avqa_edge.toolkit.config import TrainConfig, preset
     saves = []
-    real = T.save_tensors
+    real = C.save_tensors
 
     def recording(path, tensors, meta):
         saves.append((path.name, int(meta["step"])))
         return real(path, tensors, meta)
 
-    monkeypatch.setattr(T, "save_tensors", recording)
+    monkeypatch.setattr(C, "save_tensors", recording)
     T.train(tmp_path / "run", preset("edge"), TrainConfig(steps=6, refit_steps=6, batch_size=16, eval_every=3,
                                                           val_samples=16), tiny_spec, log=lambda *_: None)
     assert [s for name, s in saves if name == "last.safetensors"] == [3, 6, 9, 12], "every eval_every steps, both stages"

@@ -20,7 +20,7 @@ HONOURED_ON_RESUME = ("steps", "refit_steps", "device")
 PROMPT_OPTIONS = frozenset({"out", "method", "from_run", "steps", "batch_size", "lr", "seed", "eval_every",
                             "measure_steps", "prompt_len", "attn_prompt_len"})
 PROMPT_ONLY = ("from_run", "measure_steps", "prompt_len", "attn_prompt_len")
-DATA_OPTIONS = ("data_seed", "train_clips", "manifest_dir", "music_avqa", "features")
+BUILTIN_ONLY = ("data_seed", "train_clips", "benchmark_version")
 FLAGS = {"from_run": "--from", "video_expert": "--video-expert/--no-video-expert"}
 PROMPT_DEFAULT_STEPS = 3000
 
@@ -48,6 +48,7 @@ class TrainRequest:
     video_expert: Optional[bool] = None   # None: the preset's
     data_seed: int = 0
     train_clips: int = 0                  # 0: the built-in benchmark's
+    benchmark_version: int = 1
     manifest_dir: Optional[Path] = None
     music_avqa: Optional[Path] = None
     features: Optional[Path] = None
@@ -84,7 +85,7 @@ class RunPlan:
 def plan_run(req: TrainRequest) -> RunPlan:
     if req.method == "prompt" or req.from_run is not None:
         return _plan_prompt(req)
-    _refuse(req, [n for n in PROMPT_ONLY if n in req.given], "only for --method prompt")
+    _refuse([n for n in PROMPT_ONLY if n in req.given], "only for --method prompt")
     return _plan_resume(req) if req.resume else _plan_new(req)
 
 
@@ -132,14 +133,14 @@ def _plan_new(req: TrainRequest) -> RunPlan:
     if req.music_avqa and req.preset != "paper":
         raise ConfigError("MUSIC-AVQA features need --preset paper")
     if req.manifest_dir or req.music_avqa:
-        _refuse(req, [n for n in ("data_seed", "train_clips") if n in req.given], "only for the built-in benchmark")
+        _refuse([n for n in BUILTIN_ONLY if n in req.given], "only for the built-in benchmark")
     rundir.check_new(req.out)
     if req.manifest_dir:
         spec = {"kind": "manifest", "dir": str(req.manifest_dir.resolve())}
     elif req.music_avqa:
         spec = {"kind": "music-avqa", "questions": str(req.music_avqa.resolve()), "features": str(req.features.resolve())}
     else:
-        spec = builtin_spec(seed=req.data_seed, train_clips=req.train_clips)
+        spec = builtin_spec(seed=req.data_seed, train_clips=req.train_clips, version=req.benchmark_version)
     model_cfg = make_preset(req.preset, use_rmm=not req.no_rmm, use_avr=not req.no_avr, n_slots=req.slots,
                             diffusion_steps=req.diffusion_steps, avr_start=req.avr_start, addressing=req.addressing,
                             audio_heads=req.audio_heads,
@@ -172,7 +173,7 @@ def _plan_prompt(req: TrainRequest) -> RunPlan:
         raise ConfigError("--from adapts a finished run with prompts: use it with --method prompt")
     if req.from_run is None:
         raise ConfigError("--method prompt needs --from RUN_DIR (the finished run whose weights stay frozen)")
-    _refuse(req, sorted(req.given - PROMPT_OPTIONS),
+    _refuse(sorted(req.given - PROMPT_OPTIONS),
             "not used by --method prompt (it trains on its base run's data and model, and does not resume)")
     if not req.from_run.is_dir():
         raise RunError(f"--from {req.from_run}: run directory not found")
@@ -193,7 +194,8 @@ def _saved_options(config: Dict) -> Dict[str, object]:
            "avr_start": m.avr_start, "addressing": m.addressing, "audio_heads": m.audio_heads,
            "video_expert": m.video_expert}
     if d.get("kind") == "builtin":
-        out.update(data_seed=d["synth"]["seed"], train_clips=d["synth"]["train_clips"])
+        out.update(data_seed=d["synth"]["seed"], train_clips=d["synth"]["train_clips"],
+                   benchmark_version=d["synth"].get("version", 1))
     elif d.get("kind") == "manifest":
         out.update(manifest_dir=d["dir"])
     elif d.get("kind") == "music-avqa":
@@ -212,7 +214,7 @@ def _value(req: TrainRequest, name: str):
     return str(Path(v).resolve()) if isinstance(v, Path) else v
 
 
-def _refuse(req: TrainRequest, names, why: str) -> None:
+def _refuse(names, why: str) -> None:
     if names:
         raise ConfigError(f"{', '.join(_flag(n) for n in names)}: {why}; drop {'it' if len(names) == 1 else 'them'}")
 

@@ -1,14 +1,13 @@
 """`avqa-edge train`."""
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 from typing_extensions import Annotated
 
-from ..errors import AvqaError
-
 
 def train(
+    ctx: typer.Context,
     out: Annotated[Path, typer.Option(help="Run directory to write (config.json, model.safetensors, curve.png).")] = Path("runs/default"),
     method: Annotated[str, typer.Option(help="rmm_avr (the paper's model), baseline (complete data only), dropout (modality dropout) or prompt (prompt learning on the frozen run given by --from).")] = "rmm_avr",
     preset: Annotated[str, typer.Option(help="edge (raw signals, CPU/Jetson sized) or paper (MUSIC-AVQA features).")] = "edge",
@@ -35,7 +34,7 @@ def train(
     eval_every: Annotated[int, typer.Option(help="Validate every N steps.")] = 250,
     avr_finetune_frac: Annotated[float, typer.Option(help="Last fraction of the last stage's steps whose pseudo terms also go through the AVR sampler, so the backbone learns to read its output.")] = 0.2,
     tag_weight: Annotated[float, typer.Option(help="Weight of the auxiliary event-tagging loss on the encoders (built-in benchmark only; 0: off).")] = 1.0,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint, with its saved settings (--steps, --refit-steps and --device may change).")] = False,
     from_run: Annotated[Optional[Path], typer.Option("--from", help="--method prompt: the finished run to adapt (it stays frozen).")] = None,
     measure_steps: Annotated[int, typer.Option(help="--method prompt: steps of full fine-tuning and of prompt training timed in subprocesses for the cost comparison (0: skip).")] = 20,
     prompt_len: Annotated[int, typer.Option(help="--method prompt: input-level prompt tokens per modality and case.")] = 4,
@@ -44,51 +43,8 @@ def train(
     """Train a model (built-in benchmark, MUSIC-AVQA features or your own data).
 
     With --method prompt --from RUN: learn prompts for degraded sensors on a frozen run."""
-    from ..toolkit.config import TrainConfig, preset as make_preset
-    from ..toolkit.data.specs import builtin_spec
-    from ..toolkit.train import train as run_train
-
-    if method == "prompt" or from_run is not None:
-        if method != "prompt":
-            raise AvqaError("--from adapts a finished run with prompts: use it with --method prompt")
-        if from_run is None:
-            raise AvqaError("--method prompt needs --from RUN_DIR (the finished run whose weights stay frozen)")
-        if resume or manifest_dir or music_avqa:
-            raise AvqaError("--method prompt trains on its base run's data and does not resume: drop --resume / data options")
-        if not from_run.is_dir():
-            raise AvqaError(f"--from {from_run}: run directory not found")
-        if (out / "state.json").exists():
-            raise AvqaError(f"{out} already holds a run: choose another --out")
-        from ..toolkit.prompt_train import PromptTrainConfig, train_prompts
-        pcfg = PromptTrainConfig(steps=steps or 3000, batch_size=batch_size, lr=lr, seed=seed, eval_every=eval_every,
-                                 measure_steps=measure_steps, n_input=prompt_len, n_attn=attn_prompt_len)
-        train_prompts(out, from_run, pcfg)
-        return
-    if manifest_dir and music_avqa:
-        raise AvqaError("give either --manifest-dir or --music-avqa, not both")
-    if benchmark_version != 1 and (manifest_dir or music_avqa or resume):
-        raise AvqaError("--benchmark-version applies to a new run on the built-in benchmark")
-    if music_avqa and not features:
-        raise AvqaError("--music-avqa needs --features (the folder holding vggish/ and res18_14x14/)")
-    if preset == "paper" and not music_avqa:
-        raise AvqaError("the paper preset runs on MUSIC-AVQA features: give --music-avqa and --features")
-    if music_avqa and preset != "paper":
-        raise AvqaError("MUSIC-AVQA features need --preset paper")
-    if resume and not (out / "config.json").exists():
-        raise AvqaError(f"--resume: no run in {out}")
-    if not resume and (out / "state.json").exists():
-        raise AvqaError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
-    if manifest_dir:
-        spec = {"kind": "manifest", "dir": str(manifest_dir.resolve())}
-    elif music_avqa:
-        spec = {"kind": "music-avqa", "questions": str(music_avqa.resolve()), "features": str(features.resolve())}
-    else:
-        spec = builtin_spec(seed=data_seed, train_clips=train_clips, version=benchmark_version)
-    model_cfg = make_preset(preset, use_rmm=not no_rmm, use_avr=not no_avr, n_slots=slots,
-                            diffusion_steps=diffusion_steps, avr_start=avr_start, addressing=addressing,
-                            audio_heads=audio_heads,
-                            **({} if video_expert is None else {"video_expert": video_expert}))
-    cfg = TrainConfig(method=method, steps=steps or TrainConfig.steps, refit_steps=refit_steps, batch_size=batch_size, lr=lr, seed=seed, device=device,
-                      eval_every=eval_every, avr_finetune_frac=avr_finetune_frac, tag_weight=tag_weight)
-    run_train(out, model_cfg, cfg, spec, resume=resume)
-
+    from ..toolkit.train_plan import TrainRequest, plan_run, run_plan
+    # the options given on the command line, not left at their defaults (ParameterSource by name:
+    # typer may bring its own copy of click)
+    given = {n for n in ctx.params if getattr(ctx.get_parameter_source(n), "name", None) in ("COMMANDLINE", "ENVIRONMENT")}
+    run_plan(plan_run(TrainRequest(**ctx.params, given=frozenset(given))))
