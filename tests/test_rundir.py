@@ -92,6 +92,7 @@ def _recover(run, spec, prefer_resume: bool) -> str:
     return left.status
 
 
+@pytest.mark.slow
 def test_kill_9_before_each_write_leaves_a_run_that_resumes_or_starts_over(cached_spec, tmp_path):
     """SIGKILL before every rename of a tiny run, in turn, until a run gets through untouched."""
     seen = []
