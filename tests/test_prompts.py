@@ -175,7 +175,7 @@ def test_eval_with_prompts_every_scenario(tiny_run, prompt_run, tmp_path):
     for scen, methods in res["scenarios"].items():
         assert {"prompt_all", "prompt_oracle"} <= set(methods), scen
     assert {"zero_fill", "rmm+avr", "prompt_all", "prompt_oracle", "prompt_detect"} <= set(res["scenarios"][UNCERTAIN])
-    assert "| uncertain | prompt_all |" in (run / "eval.md").read_text()
+    assert "| uncertain | prompt_all |" in (tmp_path / "e.md").read_text(), "eval.md is written beside the JSON"
 
 
 def test_prompt_oracle_uses_the_set_of_the_true_case(tiny_run, prompt_run):
