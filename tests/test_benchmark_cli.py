@@ -23,7 +23,7 @@ def test_write_split_writes_version_2(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("args, message", [
     (["--benchmark-version", "3"], "benchmark version must be one of (1, 2), got 3"),
-    (["--benchmark-version", "2", "--manifest-dir", "nowhere"], "--benchmark-version applies to a new run"),
+    (["--benchmark-version", "2", "--manifest-dir", "nowhere"], "--benchmark-version: only for the built-in benchmark"),
 ])
 def test_train_refuses_a_bad_benchmark_version(tmp_path, args, message):
     res = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "run"), *args])
