@@ -24,6 +24,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from avqa_edge.errors import AvqaError
+from avqa_edge.runtime import atomic
 from avqa_edge.runtime.text import Vocabulary, tokenize
 
 NPZ = "calibration.npz"
@@ -111,7 +112,7 @@ def write_npz(path: Path, arrays: Dict[str, np.ndarray]) -> None:
             info.compress_type = zipfile.ZIP_DEFLATED
             info.external_attr = 0o644 << 16
             zf.writestr(info, buf.getvalue(), compresslevel=6)
-    tmp.replace(path)
+    atomic.commit_file(tmp, path)
 
 
 def select_clips(n_available: int, n_clips: int, seed: int = 0) -> np.ndarray:

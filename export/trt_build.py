@@ -23,13 +23,13 @@ After building, the engines are checked against the PyTorch references stored in
 manifest (`manifest["engines"][component]["parity"]`); serving refuses engines without a
 passing verdict.
 """
-import os
 import re
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from avqa_edge.errors import AvqaError
+from avqa_edge.runtime import atomic
 from avqa_edge.runtime import bundle as bundle_io
 from avqa_edge.runtime.trt import (  # noqa: F401  (re-exported: the build side records, the runtime checks)
     FINGERPRINT_KEYS,
@@ -234,11 +234,8 @@ def add_static_profile(trt: Any, builder: Any, network: Any, config: Any, log: L
 # ----------------------------------------------------------------------------- timing cache and files
 
 def _write_atomic(path: Path, data: Any) -> None:
-    """Write bytes (or a buffer such as TensorRT's IHostMemory) via a temporary file, then rename."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(memoryview(data))
-    os.replace(str(tmp), str(path))
+    """Bytes, or a buffer such as TensorRT's IHostMemory, through runtime/atomic.py (fsync + rename)."""
+    atomic.write_bytes(path, bytes(memoryview(data)))
 
 
 def attach_timing_cache(config: Any, path: Optional[Path], log: Log) -> None:

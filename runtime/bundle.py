@@ -35,6 +35,8 @@ from typing import BinaryIO, Dict, List, Optional, Tuple, Union
 
 from avqa_edge.errors import BundleError
 
+from . import atomic
+
 MANIFEST = "manifest.json"
 FORMAT = 1
 KIND = "avqa-edge-bundle"
@@ -93,10 +95,7 @@ def list_files(bundle_dir: PathLike) -> List[str]:
     return out
 
 
-def write_json(path: PathLike, obj) -> None:
-    """Atomic JSON write (runtime/atomic.py: temp file, fsync, rename)."""
-    from .atomic import write_json as atomic_write_json
-    atomic_write_json(path, obj)
+write_json = atomic.write_json           # the manifest and reports: temp file, fsync, rename
 
 
 def read_manifest(bundle_dir: PathLike) -> Dict:
