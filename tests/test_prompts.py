@@ -208,7 +208,7 @@ def test_prompt_oracle_uses_the_set_of_the_true_case(tiny_run, prompt_run):
 @pytest.mark.parametrize("args, message", [
     (["train", "--method", "prompt", "--out", "NEW"], "needs --from"),
     (["train", "--method", "prompt", "--from", "NOPE", "--out", "NEW"], "not found"),
-    (["train", "--from", "NOPE", "--out", "NEW"], "use it with --method prompt"),
+    (["train", "--from", "NOPE", "--out", "NEW"], "no training run there"),
 ])
 def test_prompt_cli_errors(args, message, tmp_path):
     args = [str(tmp_path / a) if a in ("NEW", "NOPE") else a for a in args]

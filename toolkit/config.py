@@ -12,7 +12,8 @@ from typing import List, Optional, Tuple
 from avqa_edge.errors import AvqaError
 
 ADDRESSING = ("logspace", "paper")
-METHODS = ("rmm_avr", "baseline", "dropout")   # what `avqa-edge train --method` trains
+# what `avqa-edge train --method` trains (prompt learning is its own trainer, toolkit/prompt_train.py)
+METHODS = ("rmm_avr", "baseline", "dropout", "retrofit")
 # Bumped whenever a change to the model code makes older weights unloadable; part of the
 # config (and so of its hash). Runs written before the field existed count as version 1.
 ARCH_VERSION = 3
@@ -22,6 +23,8 @@ ARCH_VERSION = 3
 LEGACY_DEFAULTS = {"audio_heads": 1, "avr_start": None, "video_expert": False}
 # The same for TrainConfig: runs saved before stage 2 existed trained in one stage.
 LEGACY_TRAIN_DEFAULTS = {"refit_steps": 0}
+# runs whose stage 1 is another finished run's (--from): only stage 2 trains. retrofit needs one
+BASE_RUN_METHODS = ("rmm_avr", "baseline", "dropout", "retrofit")
 
 
 @dataclass
@@ -114,7 +117,9 @@ PRESET_LR = {"edge": 2e-3, "paper": 1e-4}
 
 @dataclass
 class TrainConfig:
-    method: str = "rmm_avr"          # rmm_avr | baseline (complete data only) | dropout (modality dropout)
+    # rmm_avr | baseline (complete data only) | dropout (modality dropout) | retrofit (RMM and AVR
+    # trained on top of base_run's frozen backbone)
+    method: str = "rmm_avr"
     # 1500 + 1500 (sessions 12-16: 3000 + 3000) so that training fits the 15-minute budget on the
     # slower of the 2-core machines measured (an Intel Xeon VM: 10 min against 22.9 for 3000 + 3000)
     steps: int = 1500                # stage 1: everything end to end
@@ -134,6 +139,13 @@ class TrainConfig:
     # the data has per-segment ground truth (the built-in benchmark); 0 turns it off
     tag_weight: float = 1.0
     p_full_missing: float = 0.5      # pseudo terms: chance that all T segments are missing (else a random subset)
+    # rmm_avr: weight of modality-dropout terms beside Eq. 8's pseudo terms (the same masks, the
+    # missing parts zero-filled instead of recalled; the video expert sees zeros as well as the
+    # recall), so that one model serves both fills; 0 is Eq. 8 alone
+    dropout_weight: float = 0.0
+    # a finished run whose stage 1 this run takes (its encoders, frozen) instead of training its
+    # own: only stage 2 trains; retrofit also keeps its backbone, frozen (None: train stage 1)
+    base_run: Optional[str] = None
     eval_every: int = 250
     val_samples: int = 512
     threads: int = 0                 # 0 -> torch default
@@ -143,6 +155,12 @@ class TrainConfig:
             raise AvqaError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.steps < 1 or self.batch_size < 1 or self.refit_steps < 0:
             raise AvqaError("steps and batch size must be positive, refit steps not negative")
+        if self.method == "retrofit" and not self.base_run:
+            raise AvqaError("retrofit trains RMM and AVR on a finished run's frozen backbone: give that run (--from)")
+        if self.base_run and not self.refit_steps:
+            raise AvqaError("a run on another run's encoders (--from) trains stage 2 only: --refit-steps must be positive")
+        if self.dropout_weight < 0 or (self.dropout_weight and self.method != "rmm_avr"):
+            raise AvqaError("--dropout-weight is a non-negative weight of the rmm_avr method")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

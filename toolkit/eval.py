@@ -51,11 +51,13 @@ def question_only_prior(train_split, test_data: SplitData, answers: List[str]) -
 
 
 def run_eval(run_dir: Path, json_path: Optional[Path], compare: List[Path], sweep: bool = True,
-             limit: int = 0, seed: int = 0, log=print, prompt: Optional[Path] = None, test_clips: int = 0) -> Dict:
+             limit: int = 0, seed: int = 0, log=print, prompt: Optional[Path] = None, test_clips: int = 0,
+             noise: bool = True) -> Dict:
     """Score `run_dir` (and the `compare` runs on the same inputs) under every scenario; with a
     prompt run trained on it, also prompt_all / prompt_oracle everywhere and prompt_detect
     under `uncertain`. `test_clips` (built-in benchmark only) generates a test split of that
     many clips instead of the run's: the same generator and seed, disjoint from training.
+    `noise` False scores the missing-sensor scenarios only (no noisy or uncertain sensors).
     Writes the JSON (default RUN_DIR/eval.json) and, beside it and named after it, the
     Markdown report (eval.md) and the sweep plot (eval_sweep.png)."""
     from avqa_edge.console import make_console
@@ -73,7 +75,7 @@ def run_eval(run_dir: Path, json_path: Optional[Path], compare: List[Path], swee
     log(f"loading test data ({spec['kind']}) ...")
     test, val = _load_eval_data(model, config, spec, test_spec)
     n = min(limit, len(test)) if limit else len(test)
-    jobs = _plan_jobs(model, others, config["train"]["method"], bank)
+    jobs = _plan_jobs(model, others, config["train"]["method"], bank, noise)
     results, answered, std = _score_jobs(jobs, model, test, val, n, limit, seed, bank, console, log)
     out = {"scenarios": results, "n": n, "run": str(run_dir), "model_hash": config.get("model_hash"),
            "data": test_spec, "generator_version": spec.get("generator_version"), "seed": seed,
@@ -88,7 +90,7 @@ def run_eval(run_dir: Path, json_path: Optional[Path], compare: List[Path], swee
     if version and version >= 2:
         out["partly_answerable"] = answerable_sets(version, "partly")
     fill = _fullest(model)
-    if version and config["train"]["method"] == "rmm_avr" and fill:
+    if version and config["train"]["method"] in ("rmm_avr", "retrofit") and fill:
         out["gap_closed"], out["gap_method"] = _gaps(results, answered, fill, others, test, seed, version), fill
     if model.rmm is not None:
         batch = test.batch(test.ordered_batches(256, 256)[0])
@@ -121,8 +123,14 @@ def _load_compared(run_dir: Path, config: Dict, compare: List[Path]) -> List:
             raise AvqaError(f"{other} was trained on other data than {run_dir}: they cannot be compared")
         if c["model"]["vocab"] != config["model"]["vocab"] or c["model"]["answers"] != config["model"]["answers"]:
             raise AvqaError(f"{other} has another vocabulary or answer list than {run_dir}")
-        others.append((c["train"]["method"] + (f"#{len(others)}" if any(o[0] == c["train"]["method"] for o in others) else ""), m))
+        label = _label(c["train"])
+        others.append((label + (f"#{len(others)}" if any(o[0] == label for o in others) else ""), m))
     return others
+
+
+def _label(train: Dict) -> str:
+    """A compared run's row label: its method, and its dropout terms where it has them."""
+    return train["method"] + ("+dropout" if train.get("dropout_weight") else "")
 
 
 def _test_spec(spec: Dict, test_clips: int) -> Dict:
@@ -147,35 +155,56 @@ def _load_eval_data(model, config: Dict, spec: Dict, test_spec: Dict):
     return test, val
 
 
-def _plan_jobs(model, others, main_name: str, bank) -> List:
-    """[(scenario, row label, model, fill method)]: every row of the results table."""
+def _plan_jobs(model, others, main_name: str, bank, noise: bool = True) -> List:
+    """[(scenario, row label, model, fill method)]: every row of the results table. A compared
+    run is scored with its fullest fill (retrofit: rmm+avr), and zero-filled under its label
+    + "/zero_fill" where that differs."""
     jobs = []
     for scen in MISSING_SCENARIOS:
         if scen == "complete":
             jobs.append((scen, "zero_fill", model, "zero_fill"))
-        else:
-            jobs += [(scen, m, model, m) for m in FILL_METHODS if _applies(model, m)]
-        jobs += [(scen, name, m, "zero_fill") for name, m in others]
+            jobs += [(scen, name, m, "zero_fill") for name, m in others]
+            continue
+        jobs += [(scen, m, model, m) for m in FILL_METHODS if _applies(model, m)]
+        for name, m in others:
+            fill = _fullest(m) or "zero_fill"
+            jobs.append((scen, name, m, fill))
+            if fill != "zero_fill":
+                jobs.append((scen, name + "/zero_fill", m, "zero_fill"))
+    if noise:
+        jobs += _noise_jobs(model, others)
+    if bank is not None:
+        scens = list(MISSING_SCENARIOS) + ((list(NOISE_SCENARIOS) + [UNCERTAIN]) if noise else [])
+        jobs += [(scen, meth, model, meth) for scen in scens for meth in ("prompt_all", "prompt_oracle")]
+        if noise:
+            jobs.append((UNCERTAIN, "prompt_detect", model, "prompt_detect"))
+        order = {scen: i for i, scen in enumerate(scens)}
+        jobs.sort(key=lambda j: order[j[0]])          # stable: each scenario's rows stay together
+    return _name_main(jobs, model, main_name)
+
+
+def _noise_jobs(model, others) -> List:
+    """The noisy-sensor rows, and the uncertain scenario's: each clip draws its condition, and
+    methods see only what is observably absent."""
+    jobs = []
     for scen in NOISE_SCENARIOS:
         jobs.append((scen, "none", model, "none"))
         if model.denoiser is not None:
             jobs.append((scen, "avr", model, "avr"))
         jobs += [(scen, name, m, "none") for name, m in others]
-    # uncertain: each clip draws its condition; methods see only what is observably absent
     jobs.append((UNCERTAIN, "zero_fill", model, "zero_fill"))
     fill = _fullest(model)
     if fill:
         jobs.append((UNCERTAIN, fill, model, fill))
-    jobs += [(UNCERTAIN, name, m, "zero_fill") for name, m in others]
-    if bank is not None:
-        scens = list(MISSING_SCENARIOS) + list(NOISE_SCENARIOS) + [UNCERTAIN]
-        jobs += [(scen, meth, model, meth) for scen in scens for meth in ("prompt_all", "prompt_oracle")]
-        jobs.append((UNCERTAIN, "prompt_detect", model, "prompt_detect"))
-        order = {scen: i for i, scen in enumerate(scens)}
-        jobs.sort(key=lambda j: order[j[0]])          # stable: each scenario's rows stay together
-    if main_name != "rmm_avr":   # a baseline/dropout run evaluated on its own: name its rows
-        jobs = [(s, main_name if mm is model and meth in ("zero_fill", "none") else lbl, mm, meth) for s, lbl, mm, meth in jobs]
+    jobs += [(UNCERTAIN, name, m, _fullest(m) or "zero_fill") for name, m in others]
     return jobs
+
+
+def _name_main(jobs: List, model, main_name: str) -> List:
+    """A run without RMM / AVR (baseline, dropout) evaluated on its own: its rows named after it."""
+    if main_name in ("rmm_avr", "retrofit"):
+        return jobs
+    return [(s, main_name if mm is model and meth in ("zero_fill", "none") else lbl, mm, meth) for s, lbl, mm, meth in jobs]
 
 
 def _score_jobs(jobs, model, test: SplitData, val: SplitData, n: int, limit: int, seed: int, bank, console, log):
@@ -236,10 +265,11 @@ def eval_markdown(out: Dict, run_dir: Path, prompts: bool) -> str:
                   f"{100 * row['overall']['overall']:.0f} %, on answerable types {100 * row['answerable_types']:.0f} % "
                   f"(95 % interval over test clips {100 * row['answerable_types_ci95'][0]:.0f} to "
                   f"{100 * row['answerable_types_ci95'][1]:.0f} %; training runs vary more: compare seeds with `avqa-edge report`)")
-    md.append(f"- {UNCERTAIN}: each clip draws complete / audio missing / visual missing / audio noisy / visual noisy "
-              "(seed fixed); no method is told which, methods that fill see only observable absence (black frames, "
-              "silence)" + ("; prompt_detect picks the prompt set from that, prompt_oracle is told the case, "
-                            "prompt_all uses every set" if prompts else ""))
+    if UNCERTAIN in out["scenarios"]:
+        md.append(f"- {UNCERTAIN}: each clip draws complete / audio missing / visual missing / audio noisy / visual noisy "
+                  "(seed fixed); no method is told which, methods that fill see only observable absence (black frames, "
+                  "silence)" + ("; prompt_detect picks the prompt set from that, prompt_oracle is told the case, "
+                                "prompt_all uses every set" if prompts else ""))
     if out.get("addressing_entropy"):
         e = out["addressing_entropy"]
         md.append(f"- RMM addressing ({e['variant']}) entropy: audio recall {e['entropy_audio_recall']:.2f}, "

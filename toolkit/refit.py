@@ -7,7 +7,7 @@ and caches their features for the whole training split, re-initializes the backb
 trains it, RMM and AVR on those features with the method's own loss (Eq. 8 for rmm_avr). This
 is the paper's own setting: its backbone, RMM and AVR learn on frozen pre-extracted features.
 
-Why (results/issue2/v7/diagnostics, frozen encoders of a finished stage-1 run): the stage-1
+Why (a diagnostic on the frozen encoders of a finished stage-1 run, kept in the history): the stage-1
 backbone was the bottleneck, not the features. A linear probe of the clip's audio features
 answers "is the x playing" at 97.3 % with the video missing, where the trained model scored
 93.6. A backbone trained from scratch on the frozen features reached 92.6 % `complete`
@@ -33,15 +33,27 @@ def encoders(model: AVQAModel) -> List[nn.Module]:
     return [getattr(model, n) for n in names if hasattr(model, n)]
 
 
-def trainable(model: AVQAModel, stage2: bool) -> List[nn.Parameter]:
-    """The model's parameters that a stage trains (stage 2: all but the encoders')."""
-    frozen = {id(p) for m in encoders(model) for p in m.parameters()} if stage2 else set()
+def backbones(model: AVQAModel) -> List[nn.Module]:
+    """The answering networks, that retrofit keeps frozen as its base run trained them."""
+    return [m for m in (model.backbone, model.video_expert) if m is not None]
+
+
+def frozen_in_stage2(model: AVQAModel, retrofit: bool = False) -> List[nn.Module]:
+    """The modules stage 2 does not train: the encoders, and with retrofit the backbones as well
+    (then only RMM and AVR learn)."""
+    return encoders(model) + (backbones(model) if retrofit else [])
+
+
+def trainable(model: AVQAModel, stage2: bool, retrofit: bool = False) -> List[nn.Parameter]:
+    """The model's parameters that a stage trains (stage 2: all but the frozen modules')."""
+    frozen = {id(p) for m in frozen_in_stage2(model, retrofit) for p in m.parameters()} if stage2 else set()
     return [p for p in model.parameters() if id(p) not in frozen]
 
 
-def freeze_encoders(model: AVQAModel) -> None:
-    """Eval mode (BatchNorm keeps its running statistics) and no gradients, for stage 2."""
-    for m in encoders(model):
+def freeze_encoders(model: AVQAModel, retrofit: bool = False) -> None:
+    """Eval mode (BatchNorm keeps its running statistics) and no gradients, for stage 2; with
+    retrofit the backbones too."""
+    for m in frozen_in_stage2(model, retrofit):
         m.eval()
         m.requires_grad_(False)
 

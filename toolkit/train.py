@@ -2,13 +2,17 @@
 
 Methods: rmm_avr (the paper's model), baseline (backbone on complete data only, what users
 have today), dropout (the same backbone with random per-segment modality dropout and no
-RMM/AVR: the fair baseline). Every method gets the same data, steps and batches.
+RMM/AVR: the fair baseline), retrofit (RMM and AVR learnt on top of a finished run whose
+backbone stays frozen: the case of a deployed model that gains missing-sensor recovery
+without retraining). Every method gets the same data, steps and batches.
 
 Two stages: `steps` that learn the encoders (and a backbone) end to end from the complete
 answer and the event-tagging loss, the same for every method; then `refit_steps` with the
 encoders frozen and their features cached, the backbone re-initialized and trained with the
 method's loss (Eq. 8 with RMM and AVR for rmm_avr; toolkit/refit.py says why). refit_steps = 0
-is the single-stage training of earlier runs: the method's loss from the first step.
+is the single-stage training of earlier runs: the method's loss from the first step. A run
+given a base run (`--from`, TrainConfig.base_run) takes that run's encoders as its stage 1 and
+trains stage 2 only, so that methods compared on one seed share their encoders exactly.
 """
 import io
 import json
@@ -28,14 +32,14 @@ from avqa_edge.runtime import atomic
 from avqa_edge.runtime.text import Vocabulary
 
 from . import rundir
-from .checkpoint import optimizer_tensors, restore_optimizer
+from .checkpoint import load_model, optimizer_tensors, restore_optimizer
 from .config import ARCH_VERSION, PRESET_LR, ModelConfig, TrainConfig
 from .data.loader import SplitData, to_device
 from .data.specs import load_split
 from .scoring import MISSING_SCENARIOS, predict, score
 from .model.avqa import AVQAModel
 from .model.tagger import EventTagger, batch_labels
-from .refit import FeatureCache, freeze_encoders, trainable
+from .refit import FeatureCache, freeze_encoders, frozen_in_stage2, trainable
 from .train_plan import resume_changes
 
 PER_CLIP = 4          # questions per clip in a training batch (clips are encoded once)
@@ -139,6 +143,10 @@ class _Job:
     flops: Dict[str, float] = field(default_factory=dict)
 
     @property
+    def retrofit(self) -> bool:
+        return self.cfg.method == "retrofit"
+
+    @property
     def lr(self) -> float:
         return self.cfg.lr or PRESET_LR[self.model_cfg.preset]
 
@@ -212,6 +220,8 @@ def _setup(run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, data_spec: D
             "version": __version__, "torch": torch.__version__, "model": model_cfg.to_dict(),
             "model_hash": model_cfg.hash(), "train": cfg.to_dict(), "data": data_spec,
             "data_meta": _jsonable(train_split.meta)})
+        if cfg.base_run:
+            _take_base(job, log)
     if model_cfg.inputs == "raw":
         t1 = time.time()
         train_data.cache_mel(model.audio_encoder.frontend)
@@ -230,13 +240,28 @@ def _setup(run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, data_spec: D
 
 def _fit_to_data(model_cfg: ModelConfig, cfg: TrainConfig, train_split) -> None:
     """A new run's vocabulary and answers come from its training split; methods other than
-    rmm_avr have no RMM / AVR, and the baseline no video expert."""
+    rmm_avr and retrofit have no RMM / AVR, and the baseline no video expert."""
     vocab = Vocabulary.build([qa.question for qa in train_split.qa])
     model_cfg.vocab, model_cfg.answers = vocab.words[2:], sorted({qa.answer for qa in train_split.qa})
-    if cfg.method != "rmm_avr":
+    if cfg.method not in ("rmm_avr", "retrofit"):
         model_cfg.use_rmm = model_cfg.use_avr = False
     if cfg.method == "baseline":
         model_cfg.video_expert = False
+
+
+def _take_base(job: _Job, log: Callable[[str], None]) -> None:
+    """Stage 1 from the base run: its encoders' weights (retrofit: its backbones' too) into the
+    model; the run starts at stage 2."""
+    base, config = load_model(job.cfg.base_run)
+    if (config["model"]["vocab"], config["model"]["answers"]) != (job.model_cfg.vocab, job.model_cfg.answers):
+        raise RunError(f"--from {job.cfg.base_run}: its vocabulary or answer list is not this data's")
+    for module in frozen_in_stage2(job.model, job.retrofit):
+        name = next(n for n, m in job.model.named_children() if m is module)
+        if getattr(base, name, None) is None:
+            raise RunError(f"--from {job.cfg.base_run}: the run has no {name} to take")
+        module.load_state_dict(getattr(base, name).state_dict())
+    job.start = job.cfg.steps
+    log(f"stage 1 taken from {job.cfg.base_run}: its encoders" + (" and backbone, frozen" if job.retrofit else ", frozen"))
 
 
 def _restore(job: _Job, log: Callable[[str], None]) -> None:
@@ -256,7 +281,7 @@ def _train_loop(job: _Job) -> None:
     features; a checkpoint every eval_every steps and at the end of each stage."""
     cfg = job.cfg
     stage2_start = job.start > cfg.steps
-    opt = torch.optim.Adam(trainable(job.model, stage2_start) + _tagger_params(job.tagger, stage2_start), lr=job.lr,
+    opt = torch.optim.Adam(trainable(job.model, stage2_start, job.retrofit) + _tagger_params(job.tagger, stage2_start), lr=job.lr,
                            foreach=True)   # one kernel per op for all parameters: the same numbers, ~1.5 ms less a step
     if job.checkpoint is not None:
         restore_optimizer(opt, job.checkpoint)
@@ -272,12 +297,12 @@ def _train_loop(job: _Job) -> None:
             stage2 = step >= cfg.steps
             if stage2 and cache is None:
                 if step == cfg.steps:          # entering stage 2: a fresh backbone and optimizer
-                    opt = _fresh_backbone(job.model, cfg.seed, job.lr)
+                    opt = _fresh_backbone(job.model, cfg.seed, job.lr, job.retrofit)
                 ema.clear()                    # the running loss means start again with the stage
                 cache = _cache_features(job.model, job.train_data, job.device, step, bar.console.print)
             job.model.train()
             if stage2:
-                freeze_encoders(job.model)
+                freeze_encoders(job.model, job.retrofit)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step - cfg.steps, cfg.refit_steps, job.lr) if stage2 else lr_at(step, cfg.steps, job.lr)
             total, terms, b = _loss(job, step, cache if stage2 else None, rng, gen)
@@ -321,12 +346,13 @@ def _loss(job: _Job, step: int, cache: Optional[FeatureCache], rng: np.random.Ge
         terms = _complete_term(model, f, answers)
     if job.tagger is not None and batch is not None:
         terms["tag"] = job.tagger.loss(f.a, f.v, batch_labels(batch))
-    if last_stage and model.video_expert is not None and cfg.method != "baseline":
-        terms["ce_no_video"] = _expert_term(model, f, answers, cfg.method)
+    if last_stage and model.video_expert is not None and cfg.method in ("rmm_avr", "dropout"):
+        terms.update(_expert_terms(model, f, answers, cfg))
     total = terms["ce_complete"] + terms.get("ce_audio_pseudo", 0) + terms.get("ce_visual_pseudo", 0) \
         + terms.get("ce_no_video", 0) \
         + cfg.lambda_rmm * terms.get("rmm", 0) + cfg.lambda_ave * terms.get("ave", 0) \
-        + cfg.tag_weight * terms.get("tag", 0)
+        + cfg.tag_weight * terms.get("tag", 0) \
+        + cfg.dropout_weight * sum(v for k, v in terms.items() if k.endswith("_drop"))
     if not torch.isfinite(total):
         raise AvqaError(f"the loss became {float(total)} at step {step}; nothing was saved past the last good checkpoint")
     return total, terms, b
@@ -338,7 +364,7 @@ def _optimizer_step(model: AVQAModel, opt: torch.optim.Optimizer, total: torch.T
     params = [p for g in opt.param_groups for p in g["params"]]
     expert = {id(p) for p in model.video_expert.parameters()} if model.video_expert is not None else set()
     torch.nn.utils.clip_grad_norm_([p for p in params if id(p) not in expert], 1.0)
-    if expert:   # clipped on its own, so that it leaves the rest of the model's steps as they were
+    if any(id(p) in expert for p in params):   # clipped on its own, so that it leaves the rest of the model's steps as they were
         torch.nn.utils.clip_grad_norm_([p for p in params if id(p) in expert], 1.0)
     opt.step()
 
@@ -354,7 +380,8 @@ def _checkpoint(job: _Job, opt: torch.optim.Optimizer, done: int, ema: Dict[str,
     # backbone, so its scores say little of the final model; eleven validations cost
     # about 35 s of the 15-minute budget), but its losses and --resume checkpoint are kept
     if done - 1 >= job.last_from or done in (cfg.steps, job.total_steps):
-        val = validate(job.model, job.val_data, "rmm+avr" if cfg.method == "rmm_avr" else "zero_fill", cfg.val_samples)
+        val = validate(job.model, job.val_data, "rmm+avr" if cfg.method in ("rmm_avr", "retrofit") else "zero_fill",
+                       cfg.val_samples)
         entry.update(val)
         improved = val["score"] > job.best
         if improved:
@@ -382,12 +409,14 @@ def _finish(job: _Job, t0: float, log: Callable[[str], None]) -> Dict:
     return summary
 
 
-def _fresh_backbone(model: AVQAModel, seed: int, lr: float) -> torch.optim.Optimizer:
-    """Stage 2 begins: the backbone redrawn (seeded). -> the optimizer of all but the encoders."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed + 1)
-        model.reset_backbones()
-    return torch.optim.Adam(trainable(model, True), lr=lr, foreach=True)
+def _fresh_backbone(model: AVQAModel, seed: int, lr: float, retrofit: bool = False) -> torch.optim.Optimizer:
+    """Stage 2 begins: the backbone redrawn (seeded; retrofit keeps its base run's). -> the
+    optimizer of what stage 2 trains."""
+    if not retrofit:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + 1)
+            model.reset_backbones()
+    return torch.optim.Adam(trainable(model, True, retrofit), lr=lr, foreach=True)
 
 
 def _cache_features(model: AVQAModel, data: SplitData, device, step: int, say: Callable[[str], None]) -> FeatureCache:
@@ -411,26 +440,49 @@ def _complete_term(model: AVQAModel, f, answers) -> Dict[str, torch.Tensor]:
     return {"ce_complete": F.cross_entropy(model.backbone(f.a, f.v, f.q), answers)}
 
 
-def _expert_term(model: AVQAModel, f, answers, method: str) -> torch.Tensor:
+def _expert_terms(model: AVQAModel, f, answers, cfg: TrainConfig) -> Dict[str, torch.Tensor]:
     """The video expert's CE with the video missing in all T segments: the recalled map in its
-    place (rmm_avr), or zeros (dropout). The recall is read without gradient."""
+    place (rmm_avr), or zeros (dropout; rmm_avr with dropout_weight as well). The recall is read
+    without gradient."""
+    zeros = torch.zeros_like(f.v)
+    if cfg.method != "rmm_avr":
+        return {"ce_no_video": F.cross_entropy(model.video_expert(f.a, zeros, f.q), answers)}
     with torch.no_grad():
-        pv = model.pseudo(f)[1] if method == "rmm_avr" else torch.zeros_like(f.v)
-    return F.cross_entropy(model.video_expert(f.a, pv, f.q), answers)
+        pv = model.pseudo(f)[1]
+    out = {"ce_no_video": F.cross_entropy(model.video_expert(f.a, pv, f.q), answers)}
+    if cfg.dropout_weight:
+        out["ce_no_video_drop"] = F.cross_entropy(model.video_expert(f.a, zeros, f.q), answers)
+    return out
+
+
+def _dropout_terms(model: AVQAModel, f, answers, mask_a, mask_v) -> Dict[str, torch.Tensor]:
+    """Modality dropout: CE with the masked segments zero-filled, audio and video in turn."""
+    ma, mv = mask_a[..., None], mask_v[..., None, None, None]
+    return {"audio": F.cross_entropy(model.backbone(f.a * ma, f.v, f.q), answers),
+            "visual": F.cross_entropy(model.backbone(f.a, f.v * mv, f.q), answers)}
 
 
 def _terms(model: AVQAModel, f, answers, cfg: TrainConfig, gen, b: int, t: int, avr_phase: bool, device):
-    """The method's loss terms: Eq. 8's for rmm_avr (with the AVR phase's sampler when avr_phase),
-    the complete term alone for baseline, and the complete and dropped-out terms for dropout."""
+    """The method's loss terms: Eq. 8's for rmm_avr and retrofit (with the AVR phase's sampler when
+    avr_phase; rmm_avr with dropout_weight adds the dropout terms as *_drop), the complete term
+    alone for baseline, and the complete and dropped-out terms for dropout."""
     mask_a = random_masks(gen, b, t, cfg.p_full_missing).to(device)
     mask_v = random_masks(gen, b, t, cfg.p_full_missing).to(device)
     if cfg.method == "baseline":
         return _complete_term(model, f, answers)
     if cfg.method == "dropout":
-        ma, mv = mask_a[..., None], mask_v[..., None, None, None]
-        return {**_complete_term(model, f, answers),
-                "ce_audio_pseudo": F.cross_entropy(model.backbone(f.a * ma, f.v, f.q), answers),
-                "ce_visual_pseudo": F.cross_entropy(model.backbone(f.a, f.v * mv, f.q), answers)}
+        drop = _dropout_terms(model, f, answers, mask_a, mask_v)
+        return {**_complete_term(model, f, answers), "ce_audio_pseudo": drop["audio"], "ce_visual_pseudo": drop["visual"]}
+    out = _eq8_terms(model, f, answers, mask_a, mask_v, avr_phase)
+    if cfg.dropout_weight:
+        drop = _dropout_terms(model, f, answers, mask_a, mask_v)
+        out.update(ce_audio_drop=drop["audio"], ce_visual_drop=drop["visual"])
+    return out
+
+
+def _eq8_terms(model: AVQAModel, f, answers, mask_a, mask_v, avr_phase: bool) -> Dict[str, torch.Tensor]:
+    """Eq. 8's terms; in the AVR phase the pseudo terms are half through the sampler."""
+    b = answers.shape[0]
     if avr_phase and model.denoiser is not None:
         # the AVR phase: the sampler's cost bounds how many questions take the pseudo terms
         n = min(b, AVR_LOSS_BATCH)

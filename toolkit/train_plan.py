@@ -5,6 +5,10 @@ refused by name (ConfigError / RunError), never ignored; nothing is written here
 With --resume a run keeps the settings it was started with. It may be given its saved values
 again, and these changes: --steps and --refit-steps (a longer or shorter stage, where the run
 has not passed it yet) and --device. Nothing else can change in a run in progress.
+
+With --from RUN (and any method but prompt) the new run takes RUN's stage 1: its data, model
+size and encoders; only stage 2 trains, with the method's loss. retrofit needs it, and keeps
+RUN's backbone as well, frozen.
 """
 import dataclasses
 from dataclasses import dataclass, field
@@ -15,11 +19,15 @@ from avqa_edge.errors import ConfigError, RunError
 
 from . import rundir
 from .config import ModelConfig, TrainConfig, preset as make_preset
+from .rundir import read_json
 
 HONOURED_ON_RESUME = ("steps", "refit_steps", "device")
 PROMPT_OPTIONS = frozenset({"out", "method", "from_run", "steps", "batch_size", "lr", "seed", "eval_every",
                             "measure_steps", "prompt_len", "attn_prompt_len"})
-PROMPT_ONLY = ("from_run", "measure_steps", "prompt_len", "attn_prompt_len")
+PROMPT_ONLY = ("measure_steps", "prompt_len", "attn_prompt_len")
+# what a run on another run's stage 1 (--from) takes from that run, not from its options
+FROM_BASE = ("preset", "steps", "data_seed", "train_clips", "benchmark_version", "manifest_dir", "music_avqa", "features",
+             "tag_weight")
 BUILTIN_ONLY = ("data_seed", "train_clips", "benchmark_version")
 FLAGS = {"from_run": "--from", "video_expert": "--video-expert/--no-video-expert"}
 PROMPT_DEFAULT_STEPS = 3000
@@ -55,6 +63,7 @@ class TrainRequest:
     eval_every: int = 250
     avr_finetune_frac: float = 0.2
     tag_weight: float = 1.0
+    dropout_weight: float = 0.0
     resume: bool = False
     from_run: Optional[Path] = None
     measure_steps: int = 20
@@ -83,10 +92,14 @@ class RunPlan:
 
 
 def plan_run(req: TrainRequest) -> RunPlan:
-    if req.method == "prompt" or req.from_run is not None:
+    if req.method == "prompt":
         return _plan_prompt(req)
     _refuse([n for n in PROMPT_ONLY if n in req.given], "only for --method prompt")
-    return _plan_resume(req) if req.resume else _plan_new(req)
+    if req.resume:
+        return _plan_resume(req)
+    if req.from_run is not None or req.method == "retrofit":
+        return _plan_on_base(req)
+    return _plan_new(req)
 
 
 def run_plan(plan: RunPlan):
@@ -147,8 +160,46 @@ def _plan_new(req: TrainRequest) -> RunPlan:
                             **({} if req.video_expert is None else {"video_expert": req.video_expert}))
     cfg = TrainConfig(method=req.method, steps=req.steps or TrainConfig.steps, refit_steps=req.refit_steps,
                       batch_size=req.batch_size, lr=req.lr, seed=req.seed, device=req.device, eval_every=req.eval_every,
-                      avr_finetune_frac=req.avr_finetune_frac, tag_weight=req.tag_weight)
+                      avr_finetune_frac=req.avr_finetune_frac, tag_weight=req.tag_weight,
+                      dropout_weight=req.dropout_weight)
     return RunPlan(req.out, model=model_cfg, train=cfg, data=spec)
+
+
+def _plan_on_base(req: TrainRequest) -> RunPlan:
+    """A run on the stage 1 of the finished run --from: its data, model size and encoders."""
+    if req.from_run is None:
+        raise ConfigError("--method retrofit trains RMM and AVR on a finished run's frozen backbone: "
+                          "give that run with --from RUN_DIR")
+    _refuse([n for n in FROM_BASE if n in req.given], f"a run on --from's stage 1 takes it from {req.from_run}")
+    if req.method == "retrofit" and "video_expert" in req.given:
+        _refuse(["video_expert"], "retrofit keeps the base run's backbones as they are")
+    config = _finished_config(req.from_run)
+    base_model, base_train = ModelConfig.from_dict(config["model"]), TrainConfig.from_dict(config["train"])
+    expert = req.video_expert if req.video_expert is not None else make_preset(base_model.preset).video_expert
+    model_cfg = dataclasses.replace(
+        base_model, use_rmm=not req.no_rmm, use_avr=not req.no_avr, n_slots=req.slots,
+        diffusion_steps=req.diffusion_steps, avr_start=req.avr_start, addressing=req.addressing,
+        audio_heads=req.audio_heads, video_expert=base_model.video_expert if req.method == "retrofit" else expert)
+    rundir.check_new(req.out)
+    cfg = TrainConfig(method=req.method, steps=base_train.steps, refit_steps=req.refit_steps, batch_size=req.batch_size,
+                      lr=req.lr, seed=req.seed, device=req.device, eval_every=req.eval_every,
+                      avr_finetune_frac=req.avr_finetune_frac, tag_weight=base_train.tag_weight,
+                      dropout_weight=req.dropout_weight, base_run=str(req.from_run.resolve()))
+    return RunPlan(req.out, model=model_cfg, train=cfg, data=config["data"])
+
+
+def _finished_config(run_dir: Path) -> Dict:
+    """config.json of a finished training run (RunError otherwise)."""
+    if not (Path(run_dir) / "config.json").is_file():
+        raise RunError(f"--from {run_dir}: no training run there (config.json not found)")
+    config = read_json(Path(run_dir) / "config.json")
+    if config.get("kind") == "prompt":
+        raise RunError(f"--from {run_dir} is a prompt run; give the run it was trained on")
+    state = read_json(Path(run_dir) / "state.json") if (Path(run_dir) / "state.json").is_file() else {}
+    if not state.get("finished"):
+        raise RunError(f"--from {run_dir}: training has not finished; finish it with "
+                       f"`avqa-edge train --out {run_dir} --resume`")
+    return config
 
 
 def _plan_resume(req: TrainRequest) -> RunPlan:
@@ -169,8 +220,6 @@ def _plan_resume(req: TrainRequest) -> RunPlan:
 
 
 def _plan_prompt(req: TrainRequest) -> RunPlan:
-    if req.method != "prompt":
-        raise ConfigError("--from adapts a finished run with prompts: use it with --method prompt")
     if req.from_run is None:
         raise ConfigError("--method prompt needs --from RUN_DIR (the finished run whose weights stay frozen)")
     _refuse(sorted(req.given - PROMPT_OPTIONS),
@@ -192,7 +241,9 @@ def _saved_options(config: Dict) -> Dict[str, object]:
            "eval_every": t.eval_every, "avr_finetune_frac": t.avr_finetune_frac, "tag_weight": t.tag_weight,
            "no_rmm": not m.use_rmm, "no_avr": not m.use_avr, "slots": m.n_slots, "diffusion_steps": m.diffusion_steps,
            "avr_start": m.avr_start, "addressing": m.addressing, "audio_heads": m.audio_heads,
-           "video_expert": m.video_expert}
+           "video_expert": m.video_expert, "dropout_weight": t.dropout_weight}
+    if t.base_run:
+        out["from_run"] = t.base_run
     if d.get("kind") == "builtin":
         out.update(data_seed=d["synth"]["seed"], train_clips=d["synth"]["train_clips"],
                    benchmark_version=d["synth"].get("version", 1))

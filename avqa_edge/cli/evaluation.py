@@ -17,10 +17,12 @@ def evaluate(
     seed: Annotated[int, typer.Option(help="Seed of masks and noise.")] = 0,
     prompt: Annotated[Optional[Path], typer.Option(help="A prompt run trained on RUN_DIR (`train --method prompt --from RUN_DIR`): adds prompt_all and prompt_oracle under every scenario.")] = None,
     test_clips: Annotated[int, typer.Option(help="Built-in benchmark only: generate a test split of N clips instead of the run's (800); 3200 pins the video-missing gap about twice as tightly, at 4x the time.")] = 0,
+    noise: Annotated[bool, typer.Option(help="Also score noisy sensors and the uncertain scenario (--no-noise: the missing-sensor scenarios only, about half the time).")] = True,
 ):
     """Score a run on the test split under every sensor scenario and method."""
     from ..toolkit.eval import run_eval
-    run_eval(run_dir, json_path, compare or [], sweep=sweep, limit=limit, seed=seed, prompt=prompt, test_clips=test_clips)
+    run_eval(run_dir, json_path, compare or [], sweep=sweep, limit=limit, seed=seed, prompt=prompt, test_clips=test_clips,
+             noise=noise)
 
 
 
