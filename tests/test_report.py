@@ -68,3 +68,14 @@ def test_types_beyond_the_nine_get_their_own_columns(tmp_path):
     assert cols.index("Visual/Identity") < cols.index("Kitchen/Timer") < cols.index("All")
     cells = [c.strip() for c in first.strip("|").split("|")]
     assert cells[cols.index("Visual/Identity")] == "60.0 ± 14.1" and cells[cols.index("Kitchen/Timer")] == "30.0 ± 7.1"
+
+
+def test_versus_dropout_pairs_by_seed_and_marks_the_margin(tmp_path):
+    # rmm+avr - dropout per seed: +4, -4, 0 (mean 0: ok); zero_fill - dropout: -6, -14, -10 (below)
+    files = [_eval(tmp_path, "s0", 0.60, 0.50, 0.56), _eval(tmp_path, "s1", 0.62, 0.52, 0.66),
+             _eval(tmp_path, "s2", 0.64, 0.54, 0.64)]
+    text = report(files, versus_row="dropout")
+    assert "| rmm+avr | +0.0 ± 4.0 (ok) | +0.0 ± 4.0 (ok) |" in text
+    assert "| zero_fill | -10.0 ± 4.0 (below) | -10.0 ± 4.0 (below) |" in text
+    res = CliRunner().invoke(app, ["report", *map(str, files), "--versus", "nothing"])
+    assert res.exit_code == 1 and "--versus nothing" in res.output

@@ -30,6 +30,7 @@ def report(
     evals: Annotated[List[Path], typer.Argument(help="One `avqa-edge eval --json` file per training seed.")],
     extra: Annotated[Optional[List[str]], typer.Option(help="LABEL=FILE,FILE,...: rows of other runs (e.g. paper=a.json,b.json,c.json).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Write the Markdown here too.")] = None,
+    versus: Annotated[str, typer.Option(help="A row (e.g. dropout): add every method's overall accuracy minus its, paired by seed, per missing scenario.")] = "",
 ):
     """Mean ± std over training seeds of several eval results.
 
@@ -41,7 +42,7 @@ def report(
         if not sep or not files:
             raise AvqaError(f"--extra takes LABEL=FILE,FILE,..., got {item!r}")
         groups[label] = [Path(f) for f in files.split(",")]
-    text = make_report(evals, groups)
+    text = make_report(evals, groups, versus)
     typer.echo(text)
     if out:
         out.write_text(text)

@@ -48,4 +48,5 @@ if [ "$stage" = all ]; then
     for p in $pids; do wait "$p"; done      # fails when a seed fails (its log says why)
 fi
 
-avqa-edge report "$OUT"/eval_seed0.json "$OUT"/eval_seed1.json "$OUT"/eval_seed2.json --out "$OUT/report.md"
+avqa-edge report "$OUT"/eval_seed0.json "$OUT"/eval_seed1.json "$OUT"/eval_seed2.json --versus dropout \
+    --out "$OUT/report.md"
