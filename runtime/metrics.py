@@ -2,7 +2,9 @@
 
     avqa_answers_total{mode}                    answers given, by mode (complete, audio_pseudo, visual_pseudo, none)
     avqa_answer_latency_seconds{mode}           histogram of /ask latency (question in -> answer out)
-    avqa_rejected_requests_total{reason}        4xx/5xx answers (bad_question, not_ready, too_large, unauthorized, error)
+    avqa_rejected_requests_total{reason}        4xx/5xx answers (bad_question, bad_request, not_ready, too_large,
+                                                unauthorized, bad_host, bad_origin, unsupported_media_type,
+                                                not_found, error)
     avqa_sensor_state{sensor,state}             1 for the sensor's current state, 0 for the others
     avqa_sensor_transitions_total{sensor,to}    state changes
     avqa_sensor_reconnects_total{sensor}        successful reopens after a failure

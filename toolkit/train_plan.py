@@ -19,7 +19,6 @@ from avqa_edge.errors import ConfigError, RunError
 
 from . import rundir
 from .config import ModelConfig, TrainConfig, preset as make_preset
-from .rundir import read_json
 
 HONOURED_ON_RESUME = ("steps", "refit_steps", "device")
 PROMPT_OPTIONS = frozenset({"out", "method", "from_run", "steps", "batch_size", "lr", "seed", "eval_every",
@@ -190,16 +189,15 @@ def _plan_on_base(req: TrainRequest) -> RunPlan:
 
 def _finished_config(run_dir: Path) -> Dict:
     """config.json of a finished training run (RunError otherwise)."""
-    if not (Path(run_dir) / "config.json").is_file():
+    run = rundir.inspect(run_dir)
+    if run.status in (rundir.ABSENT, rundir.EMPTY):
         raise RunError(f"--from {run_dir}: no training run there (config.json not found)")
-    config = read_json(Path(run_dir) / "config.json")
-    if config.get("kind") == "prompt":
-        raise RunError(f"--from {run_dir} is a prompt run; give the run it was trained on")
-    state = read_json(Path(run_dir) / "state.json") if (Path(run_dir) / "state.json").is_file() else {}
-    if not state.get("finished"):
+    if run.kind != "train":
+        raise RunError(f"--from {run_dir} is a {run.kind} run; give the run it was trained on")
+    if run.status != rundir.FINISHED:
         raise RunError(f"--from {run_dir}: training has not finished; finish it with "
                        f"`avqa-edge train --out {run_dir} --resume`")
-    return config
+    return run.config
 
 
 def _plan_resume(req: TrainRequest) -> RunPlan:

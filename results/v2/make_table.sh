@@ -3,11 +3,13 @@
 # For each training seed a baseline run trains stage 1 (encoders, end to end) and a backbone on
 # complete data; rmm_avr, dropout, rmm_avr with dropout terms, and retrofit (RMM + AVR on the
 # baseline's frozen backbone) then train stage 2 only on the baseline's frozen encoders
-# (`--from`), so that the methods of a seed differ in their method alone. Each seed's runs are
-# scored on the same 800 test clips (4800 questions), then mean ± std over 3 seeds.
+# (`--from`), so that the methods of a seed differ in their method alone; prompt learning
+# (`--method prompt`) adapts the same frozen baseline. Each seed's runs are scored on the same
+# 800 test clips (4800 questions), then mean ± std over 3 seeds.
 # Run from a clean clone after the README's install line:
 #
 #   bash results/v2/make_table.sh          # every stage
+#   bash results/v2/make_table.sh prompt   # the prompt stage and the report, on trained runs
 #   bash results/v2/make_table.sh report   # only the last stage, from the stored eval JSONs
 #
 # Stages and their cost on a 2-core CPU machine (three seeds at a time, one thread each):
@@ -15,6 +17,7 @@
 #           40 min for the three seeds. Half the default's steps, so that the study fits the
 #           machine: the default trains 1500 + 1500 (docs/results.md compares the two).
 #   eval    one eval per seed, missing-sensor scenarios only (--no-noise), 4 to 8 min each
+#   prompt  per seed, prompts on the frozen baseline (600 steps) and their eval: about 4 min
 #   report  seconds: report.md from the stored JSONs
 # Training is deterministic from its seed for the first few hundred steps only; CPU float
 # nondeterminism then makes reruns drift by about one point.
@@ -37,6 +40,12 @@ seed_runs() {   # one seed's five runs and its eval
         --compare "$r/baseline" --no-sweep --no-noise --json "$OUT/eval_seed$s.json"
 }
 
+prompt_runs() {   # prompts on one seed's frozen baseline, scored beside it
+    local s=$1 r="$RUNS/s$1"
+    avqa-edge train --method prompt --from "$r/baseline" --out "$r/prompt" --steps 600 --seed "$s" --measure-steps 0
+    avqa-edge eval "$r/baseline" --prompt "$r/prompt" --no-sweep --no-noise --json "$OUT/eval_prompt_seed$s.json"
+}
+
 if [ "$stage" = all ]; then
     export OMP_NUM_THREADS=1
     mkdir -p "$RUNS"
@@ -47,6 +56,13 @@ if [ "$stage" = all ]; then
     seed_runs 2 > "$RUNS/seed2.log" 2>&1 & pids="$pids $!"
     for p in $pids; do wait "$p"; done      # fails when a seed fails (its log says why)
 fi
+if [ "$stage" = all ] || [ "$stage" = prompt ]; then
+    export OMP_NUM_THREADS=1
+    pids=""
+    for s in 0 1 2; do prompt_runs "$s" > "$RUNS/prompt$s.log" 2>&1 & pids="$pids $!"; done
+    for p in $pids; do wait "$p"; done
+fi
 
 avqa-edge report "$OUT"/eval_seed0.json "$OUT"/eval_seed1.json "$OUT"/eval_seed2.json --versus dropout \
+    --extra "frozen baseline=$OUT/eval_prompt_seed0.json,$OUT/eval_prompt_seed1.json,$OUT/eval_prompt_seed2.json" \
     --out "$OUT/report.md"
