@@ -63,6 +63,9 @@ if [ "$stage" = all ] || [ "$stage" = prompt ]; then
     for p in $pids; do wait "$p"; done
 fi
 
+extra=()   # the prompt rows, once the prompt stage has run
+if [ -f "$OUT/eval_prompt_seed2.json" ]; then
+    extra=(--extra "frozen baseline=$OUT/eval_prompt_seed0.json,$OUT/eval_prompt_seed1.json,$OUT/eval_prompt_seed2.json")
+fi
 avqa-edge report "$OUT"/eval_seed0.json "$OUT"/eval_seed1.json "$OUT"/eval_seed2.json --versus dropout \
-    --extra "frozen baseline=$OUT/eval_prompt_seed0.json,$OUT/eval_prompt_seed1.json,$OUT/eval_prompt_seed2.json" \
-    --out "$OUT/report.md"
+    "${extra[@]}" --out "$OUT/report.md"
