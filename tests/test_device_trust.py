@@ -17,17 +17,9 @@ import pytest
 
 from avqa_edge.errors import BundleError
 from avqa_edge.runtime import bundle as B
+from torchfree import NO_TORCH, TORCH_FREE
 
 ROOT = Path(__file__).resolve().parents[1]
-NO_TORCH = ("import sys\n"
-            "sys.modules['torch'] = None   # any 'import torch' now fails\n"
-            "from avqa_edge.cli import app\n"
-            "try:\n"
-            "    app(sys.argv[1:])\n"
-            "finally:\n"
-            "    bad = [m for m in sys.modules if m.startswith(('avqa_edge.toolkit', 'avqa_edge.export'))]\n"
-            "    print('imported-training-code:', bad, file=sys.stderr, flush=True)\n")
-TORCH_FREE = "imported-training-code: []"
 
 
 def _has(module: str) -> bool:

@@ -32,19 +32,9 @@ from avqa_edge.errors import AvqaError  # noqa: E402
 from avqa_edge.runtime.clock import RealClock  # noqa: E402
 from avqa_edge.runtime.service import MODES, ServeConfig, build_service  # noqa: E402
 from avqa_edge.runtime.sources import FileMic, OpenCVCamera  # noqa: E402
+from torchfree import NO_TORCH, TORCH_FREE  # noqa: E402
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-NO_TORCH = (
-    "import sys, faulthandler, signal\n"
-    "faulthandler.register(signal.SIGUSR1, all_threads=True)   # stacks on demand (a stuck shutdown)\n"
-    "sys.modules['torch'] = None   # any 'import torch' now fails\n"
-    "from avqa_edge.cli import app\n"
-    "try:\n"
-    "    app(sys.argv[1:])\n"
-    "finally:\n"
-    "    bad = [m for m in sys.modules if m.startswith(('avqa_edge.toolkit', 'avqa_edge.export'))]\n"
-    "    print('imported-training-code:', bad, file=sys.stderr, flush=True)\n"
-)
 FAIL_AT = 12          # s after the start: the injected failures (late enough for a slow, loaded start)
 ANSWER_KEYS = {"question", "answer", "confidence", "top_k", "mode", "method", "sensors", "segments", "span", "latency_ms",
                "message", "unknown_words"}
@@ -175,7 +165,7 @@ def servers(bundle, tmp_path_factory):
         for s in (a, b):
             log = s.stop()
             print(f"\n--- server {s.err_path.stem} log ---\n{log}")
-            assert "imported-training-code: []" in log, log       # the serve path never loaded torch / toolkit
+            assert TORCH_FREE in log, log       # the serve path never loaded torch / toolkit
             assert "Traceback" not in log, log
 
 
@@ -411,7 +401,7 @@ def guarded(bundle, tmp_path_factory):
     finally:
         log = c.stop()
         print(f"\n--- server c log ---\n{log}")
-        assert "imported-training-code: []" in log and "Traceback" not in log, log
+        assert TORCH_FREE in log and "Traceback" not in log, log
 
 
 def _storm(port: int, question: str, clients: int = 50, per_client: int = 10, every: int = 5):
@@ -587,7 +577,7 @@ def test_cli_ask_is_torch_free(bundle, question, tmp_path):
     assert out.returncode == 0, out.stderr
     body = json.loads(out.stdout.strip().splitlines()[-1])
     assert _valid_answer(body) and body["mode"] == "complete"
-    assert "imported-training-code: []" in out.stderr
+    assert TORCH_FREE in out.stderr
     from avqa_edge.calibration.calibset import CalibrationSet
     first = min(CalibrationSet.load(bundle / "calibration").truths(question))
     assert body["demo"] == {"clips": [{"clip": first, "seconds": 1.0}], "truth": None}   # the reel's first clip, 1 s in
