@@ -22,7 +22,7 @@ ENCODERS = ("audio_encoder", "visual_encoder", "question_encoder")
 
 @pytest.fixture(scope="module")
 def base_run(tiny_run):
-    """The session's finished tiny rmm_avr run (with a video expert) as the base."""
+    """The test run's finished tiny rmm_avr run (with a video expert) as the base."""
     return tiny_run[0]
 
 
