@@ -320,7 +320,8 @@ def _progress():
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
     cols = [TextColumn("train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
             TextColumn("{task.fields[info]}")]
-    return Progress(*cols, transient=False, disable=None)
+    from avqa_edge.console import make_console
+    return Progress(*cols, console=make_console(), transient=False, disable=None)
 
 
 def _loss(job: _Job, step: int, cache: Optional[FeatureCache], rng: np.random.Generator, gen: torch.Generator):
