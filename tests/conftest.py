@@ -39,3 +39,18 @@ from hypothesis import settings  # noqa: E402
 
 settings.register_profile("repeatable", derandomize=True)
 settings.load_profile("repeatable")
+
+
+@pytest.fixture(scope="session")
+def exported(tiny_run, tmp_path_factory):
+    """`avqa-edge export RUN --out BUNDLE` on the tiny run, parity gate on one thread, once per test
+    run for the export and parity tests; a test copies it before changing it. -> (bundle dir, CLI output)."""
+    pytest.importorskip("onnxruntime", reason="needs the export extra: pip install -e '.[export]'")
+    from typer.testing import CliRunner
+
+    from avqa_edge.cli import app
+    run, _ = tiny_run
+    out = tmp_path_factory.mktemp("bundles") / "tiny"
+    res = CliRunner().invoke(app, ["export", str(run), "--out", str(out), "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    return out, res.output

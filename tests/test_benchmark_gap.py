@@ -24,7 +24,7 @@ def test_version_2_camera_missing_gap(tmp_path):
             "cache_dir": str(tmp_path / "cache")}
     # modality dropout: trained for missing sensors, so its audio-only answers are its best guesses
     cfg = TrainConfig(method="dropout", steps=400, refit_steps=0, batch_size=32, eval_every=400, val_samples=64,
-                      seed=0, threads=1)
+                      seed=0, threads=2)
     threads = torch.get_num_threads()
     try:
         train(tmp_path / "run", preset("edge"), cfg, spec, log=lambda *_: None)

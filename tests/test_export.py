@@ -1,7 +1,8 @@
 """Export bundle: the seven graphs (eight: the tiny run has a video
 expert, as the edge preset does) and their FP16 variants, the AVR
 graph's reverse steps, the calibration set, the manifest's hashes, the parity gate, the
-torch-free runtime and the CLI. The tiny run is exported once (through the CLI) per test run."""
+torch-free runtime and the CLI. The tiny run is exported once (through the CLI) per test run
+(conftest.py's `exported`)."""
 import hashlib
 import json
 import os
@@ -41,16 +42,6 @@ SCENARIOS = ("complete", "audio_missing", "visual_missing")
 @pytest.fixture(scope="session", autouse=True)
 def one_thread():
     torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="session")
-def exported(tiny_run, tmp_path_factory):
-    """`avqa-edge export RUN --out BUNDLE` on the tiny run. -> (bundle dir, CLI output)."""
-    run, _ = tiny_run
-    out = tmp_path_factory.mktemp("bundles") / "tiny"
-    res = CliRunner().invoke(app, ["export", str(run), "--out", str(out), "--threads", "1"])
-    assert res.exit_code == 0, res.output
-    return out, res.output
 
 
 @pytest.fixture(scope="session")

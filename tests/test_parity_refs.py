@@ -2,7 +2,7 @@
 the stored files, the same verdict as the PyTorch gate without torch, perturbed graphs and
 references, TensorRT engines (the stand-in module) built, checked and given verdicts, serve's
 refusal of unverified engines, and report writes that leave a verifiable bundle when cut short.
-The tiny run is exported once for this module."""
+The tiny run's bundle is the export tests' (conftest.py)."""
 import importlib.util
 import json
 import os
@@ -46,15 +46,10 @@ sys.meta_path.insert(0, _NoTorch())
 
 
 @pytest.fixture(scope="module")
-def bundle(tiny_run, tmp_path_factory):
-    """The tiny run exported once (references stored, the PyTorch gate run on one thread)."""
-    import torch
-
-    from avqa_edge.export.bundle_export import export_bundle
-    torch.set_num_threads(1)
-    out = tmp_path_factory.mktemp("parity-refs") / "tiny"
-    export_bundle(tiny_run[0], out, log=lambda *_: None, threads=1)
-    return out
+def bundle(exported):
+    """The tiny run's bundle, exported once per test run (conftest.py): references stored, the
+    PyTorch gate run on one thread. Tests copy it before changing it."""
+    return exported[0]
 
 
 def _copy(bundle: Path, tmp_path: Path, name: str = "copy") -> Path:
