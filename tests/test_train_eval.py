@@ -128,7 +128,7 @@ def test_train_refuses_to_overwrite_a_run(tiny_run):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["train", "--method", "bogus", "--out", "NEW"], "method must be one of"),
+    (["train", "--method", "bogus", "--out", "NEW"], "--method must be one of rmm_avr, baseline, dropout, retrofit, prompt,"),
     (["train", "--preset", "paper", "--out", "NEW"], "paper preset runs on MUSIC-AVQA"),
     (["train", "--music-avqa", "x", "--out", "NEW"], "needs --features"),
     (["eval", "NOPE"], "not found"),

@@ -18,7 +18,7 @@ from typing import Dict, FrozenSet, Optional
 from avqa_edge.errors import ConfigError, RunError
 
 from . import rundir
-from .config import ModelConfig, TrainConfig, preset as make_preset
+from .config import METHODS, ModelConfig, TrainConfig, preset as make_preset
 
 HONOURED_ON_RESUME = ("steps", "refit_steps", "device")
 PROMPT_OPTIONS = frozenset({"out", "method", "from_run", "steps", "batch_size", "lr", "seed", "eval_every",
@@ -91,6 +91,8 @@ class RunPlan:
 
 
 def plan_run(req: TrainRequest) -> RunPlan:
+    if req.method not in METHODS + ("prompt",):
+        raise ConfigError(f"--method must be one of {', '.join(METHODS + ('prompt',))}, got {req.method!r}")
     if req.method == "prompt":
         return _plan_prompt(req)
     _refuse([n for n in PROMPT_ONLY if n in req.given], "only for --method prompt")

@@ -11,7 +11,7 @@ def train(
     out: Annotated[Path, typer.Option(help="Run directory to write (config.json, model.safetensors, curve.png).")] = Path("runs/default"),
     method: Annotated[str, typer.Option(help="rmm_avr (the paper's model), baseline (complete data only), dropout (modality dropout), retrofit (RMM and AVR on the frozen backbone of the run given by --from) or prompt (prompt learning on the frozen run given by --from).")] = "rmm_avr",
     preset: Annotated[str, typer.Option(help="edge (raw signals, CPU/Jetson sized) or paper (MUSIC-AVQA features).")] = "edge",
-    steps: Annotated[int, typer.Option(help="Stage 1 steps, everything end to end (0: 1500; --method prompt: 3000).")] = 0,
+    steps: Annotated[int, typer.Option(show_default=False, help="Stage 1 steps, everything end to end (default 1500; 3000 with --method prompt).")] = 0,
     refit_steps: Annotated[int, typer.Option(help="Stage 2 steps: encoders frozen, their features cached, the backbone refit from scratch with RMM and AVR (0: no stage 2).")] = 1500,
     batch_size: Annotated[int, typer.Option(help="Questions per step.")] = 64,
     lr: Annotated[float, typer.Option(help="Adam learning rate (0: the preset's).")] = 0.0,
