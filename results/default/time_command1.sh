@@ -2,7 +2,7 @@
 # Times the README's first command (install, train, export with the parity gate, the 22 s serve
 # demo) from a clean clone, a fresh .venv and a cold data cache. Every output line is prefixed
 # with the seconds since the start, so install, training, export and the demo can be told
-# apart (results/default/command1.log is its run at c97a0ad, on a 2-vCPU Intel Xeon VM).
+# apart (results/default/command1.log is its run at a34b3a5, on a 2-vCPU Intel Xeon VM).
 #
 #   bash results/default/time_command1.sh [CLONE_DIR]   # default /tmp/avqa-edge-command1
 set -u
